@@ -1,0 +1,1 @@
+"""altgrad_jax: bit-exact low-precision formats and manifold-aware optimizers in JAX."""
