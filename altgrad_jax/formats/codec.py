@@ -90,7 +90,17 @@ def round_magnitude_bits(abs_bits: jax.Array, fmt: FloatFormat,
     shift = jnp.minimum((23 - m) + jnp.maximum(emin_b - e_eff, 0), 23).astype(_U32)
     mask = _shl(_c(1), shift) - _c(1)
     if random_bits is None:
-        inc = _shr(mask, 1) + (_shr(abs_bits, shift) & _c(1))
+        # Ties to even on the *code*: its lowest bit sits at bit `shift` of the float32 pattern,
+        # except at shift 23. For M >= 1 that only happens in the lowest subnormal binade [Q, 2Q)
+        # whose code is 1 (odd): OR-ing in the implicit bit gives exactly that. For M == 0 the code
+        # is the format's exponent field, whose parity is the float32 exponent's, flipped when the
+        # biases differ by an odd amount.
+        if m > 0:
+            lsb = _shr(abs_bits | _c(1 << 23), shift) & _c(1)
+        else:
+            flip = (emin_b + 1) & 1  # format exponent field = float32 exponent - (emin_b - 1)
+            lsb = (_shr(abs_bits, 23) ^ _c(flip)) & _c(1)
+        inc = _shr(mask, 1) + lsb
     else:
         inc = random_bits & mask
     main = (abs_bits + inc) & ~mask
@@ -155,7 +165,9 @@ def encode(x: jax.Array, fmt: FloatFormat, *, saturate: bool = True) -> jax.Arra
     is_inf = abs_bits == _c(_EXP_MASK)
     r = round_magnitude_bits(jnp.where(is_nan | is_inf, _c(0), abs_bits), fmt)
     overflow = (r > _c(fmt.max_bits)) | is_inf
-    mag = _pack_magnitude(jnp.minimum(r, _c(fmt.max_bits)), fmt)
+    # +-inf saturates to +-max like finite overflow (it must not keep the zeroed r).
+    mag = _pack_magnitude(jnp.where(is_inf, _c(fmt.max_bits), jnp.minimum(r, _c(fmt.max_bits))),
+                          fmt)
 
     # Codes that mean NaN: NaN inputs, and overflow when not saturating in fn/fnuz formats.
     to_nan = is_nan

@@ -47,7 +47,11 @@ def _round_to_grid(y: jax.Array, fmt: FloatFormat, random_bits: jax.Array | None
 
 def _native_round(y: jax.Array, fmt: FloatFormat) -> jax.Array:
     dtype = fmt.ml_dtype
-    clipped = jnp.clip(y, -fmt.max, fmt.max)  # the "fn" casts turn overflow into NaN: clip first
+    if fmt.min_subnormal <= 2.0 ** -126:  # jnp.clip (min/max) flushes float32 denormals on CPU
+        mx = jnp.float32(fmt.max)
+        clipped = jnp.where(y > mx, mx, jnp.where(y < -mx, -mx, y))
+    else:
+        clipped = jnp.clip(y, -fmt.max, fmt.max)  # the "fn" casts turn overflow into NaN: clip first
     out = clipped.astype(dtype).astype(jnp.float32)
     return jnp.where(jnp.isfinite(y), out, y)
 
@@ -55,6 +59,15 @@ def _native_round(y: jax.Array, fmt: FloatFormat) -> jax.Array:
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
 def _fake_quant(fmt: FloatFormat, impl: str, ste: str, x: jax.Array, scale: jax.Array,
                 random_bits: jax.Array | None) -> jax.Array:
+    if fmt.min_subnormal <= 2.0 ** -126:
+        # XLA on CPU flushes float32 denormals in arithmetic (x / 1.0 == 0 for x < 2^-126), which
+        # would lose the subnormals of formats that reach below 2^-126 (bfloat16, E8My): skip the
+        # division and multiplication for the unscaled grid. (Scaled grids down there are lost to
+        # the same flush in the multiplication; that is XLA's, not the format's, behaviour.)
+        unit = scale == 1
+        y = jnp.where(unit, x, x / scale)
+        q = _native_round(y, fmt) if impl == "native" else _round_to_grid(y, fmt, random_bits)
+        return jnp.where(jnp.isfinite(x), jnp.where(unit, q, q * scale), x)
     y = x / scale
     q = _native_round(y, fmt) if impl == "native" else _round_to_grid(y, fmt, random_bits)
     return jnp.where(jnp.isfinite(x), q * scale, x)
