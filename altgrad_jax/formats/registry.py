@@ -55,9 +55,15 @@ def make_format(*, exponent_bits: int, mantissa_bits: int, bias: int | None = No
 
 def register_format(name: str, fmt: FloatFormat, *, overwrite: bool = False) -> FloatFormat:
     """Registers ``fmt`` under ``name`` (case-insensitive) so `get_format(name)` returns it."""
-    key = name.upper()
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a format name must be a non-empty string, got {name!r}")
+    if not isinstance(fmt, FloatFormat):
+        raise ValueError(f"register_format needs a FloatFormat, got {type(fmt).__name__}")
+    key = name.strip().upper()
     if key in _REGISTRY and not overwrite:
         raise ValueError(f"format name {name!r} is already registered; pass overwrite=True")
+    if key not in _REGISTRY:
+        _DISPLAY_NAMES.append(name.strip())
     _REGISTRY[key] = fmt
     return fmt
 
@@ -92,7 +98,6 @@ _DISPLAY_NAMES: list[str] = []
 
 
 def _builtin(name: str, **kwargs) -> None:
-    _DISPLAY_NAMES.append(name)
     register_format(name, make_format(name=name, **kwargs))
 
 
@@ -111,7 +116,6 @@ _builtin("FP16", exponent_bits=5, mantissa_bits=10, bias=15, nan_inf="ieee")
 for _e in range(2, 9):
     if f"E{_e}M{15 - _e}" not in ("E5M10", "E8M7"):
         _builtin(f"E{_e}M{15 - _e}", exponent_bits=_e, mantissa_bits=15 - _e, nan_inf="ieee")
-_DISPLAY_NAMES.extend(["E5M10", "E8M7"])
 register_format("E5M10", _REGISTRY["FP16"])
 register_format("E8M7", _REGISTRY["BF16"])
 # ml_dtypes names.

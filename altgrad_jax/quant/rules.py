@@ -53,6 +53,9 @@ class PrecisionRules:
             if not isinstance(item, (tuple, list)) or len(item) != 2:
                 raise ValueError(f"precision rule #{i} must be a (regex, format) pair, got {item!r}")
             pattern, value = item
+            if not isinstance(pattern, str):
+                raise ValueError(f"precision rule #{i}: the pattern must be a regex string, got "
+                                 f"{pattern!r}")
             try:
                 re.compile(pattern)
             except re.error as e:

@@ -15,12 +15,27 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from altgrad_jax.formats import FloatFormat, get_format
+from jax import lax
+
+from altgrad_jax.formats import FloatFormat, bits_float32, float32_bits, get_format
 
 
 def _check_margin(margin: float) -> None:
     if not isinstance(margin, (int, float)) or margin != margin:
         raise ValueError(f"margin must be a real number of binades (e.g. 0 or 1), got {margin!r}")
+
+
+def _ceil_pow2(s: jax.Array) -> jax.Array:
+    """Smallest power of two >= s for s >= 0, exact (built from bits: XLA's exp2/log2 on CPU are
+    approximate, so ``exp2(ceil(log2(s)))`` is off by an ulp or a whole binade). NaN/inf/0 pass."""
+    bits = float32_bits(s)
+    e_field = bits >> 23
+    mant = bits & jnp.uint32(0x007FFFFF)
+    normal = (e_field + (mant != 0).astype(jnp.uint32)) << 23  # exponent 255 = +inf: overflow
+    # float32 denormal: mant * 2^-149 -> the single bit 2^ceil(log2(mant)) (bit 23 = 2^-126).
+    denormal = jnp.uint32(1) << (32 - lax.clz(mant - jnp.uint32(1))).astype(jnp.uint32)
+    out = bits_float32(jnp.where(e_field > 0, normal, denormal))
+    return jnp.where(jnp.isfinite(s) & (s > 0), out, s)
 
 
 def scale_from_amax(amax: jax.Array, fmt: FloatFormat | str, *, margin: float = 0.0,
@@ -42,7 +57,7 @@ def scale_from_amax(amax: jax.Array, fmt: FloatFormat | str, *, margin: float = 
     amax = jnp.asarray(amax, jnp.float32)
     scale = amax / jnp.float32(fmt.max) * jnp.float32(2.0 ** margin)
     if pow2:
-        scale = jnp.exp2(jnp.ceil(jnp.log2(scale)))
+        scale = _ceil_pow2(scale)
     return jnp.where(amax == 0, jnp.float32(1.0), scale)
 
 
