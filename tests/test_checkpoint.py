@@ -246,3 +246,16 @@ def test_bad_step_and_extra(ckpt):
         ckpt.save(-1, _make_state(1), extra={})
     with pytest.raises(TypeError, match="JSON"):
         ckpt.save(1, _make_state(1), extra={"obj": object()})
+
+
+def test_unfinished_save_is_ignored_and_removed(tmp_path):
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, _make_state(1), extra={})
+    # What a process killed during Orbax's write of step 2 leaves behind.
+    tmp_dir = tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp-1234"
+    (tmp_dir / "state").mkdir(parents=True)
+    (tmp_dir / "state" / "partial").write_bytes(b"\0" * 10)
+    with Checkpointer(tmp_path) as ckpt:
+        assert not tmp_dir.exists()
+        assert ckpt.latest_step() == 1
+        assert ckpt.restore_latest(_make_state(0))[0] == 1

@@ -17,7 +17,7 @@ Safety rules:
   the step (atomic rename of a temporary directory, then ``commit_success.txt``). With
   ``async_save=True`` the write overlaps training, and the next save, restore or :meth:`close` waits
   for it; a process killed mid-write leaves only a temporary directory, which Orbax ignores and
-  cleans up at the next start.
+  the next :class:`Checkpointer` on the folder deletes.
 * :meth:`Checkpointer.restore_latest` walks the steps newest first. A step is skipped, with an
   ``absl`` warning naming the step and the reason, when its commit marker is missing (where the
   other steps have one) or when Orbax fails to read it (truncated or missing file, bad JSON). Steps
@@ -53,6 +53,7 @@ __all__ = ["Checkpointer", "to_json_compatible"]
 
 PyTree = Any
 _COMMIT_MARKER = "commit_success.txt"  # written by Orbax when a step is finalized
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's in-progress step directories
 _ITEMS = ("state", "extra", "meta")
 _LABELS = {"checkpoints": "periodic", "best": "best", "anomaly": "anomaly"}
 
@@ -182,10 +183,11 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ construction helpers
     def _make_manager(self, kind: str, max_to_keep: int) -> ocp.CheckpointManager:
+        _remove_unfinished_saves(os.path.join(self.directory, kind))
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=True,
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=False,  # done synchronously in _remove_unfinished_saves
             enable_async_checkpointing=self.async_save,
         )
         return ocp.CheckpointManager(
@@ -460,6 +462,20 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _remove_unfinished_saves(root: str) -> None:
+    """Deletes Orbax temporary step directories left by a process killed mid-save.
+
+    (Orbax's own ``cleanup_tmp_directories`` runs in a background future that ``close()`` does not
+    await; doing it here keeps construction synchronous.)
+    """
+    if not os.path.isdir(root):
+        return
+    for name in sorted(os.listdir(root)):
+        if _TMP_SUFFIX in name:
+            logging.warning("Checkpointer: removing unfinished save %s.", os.path.join(root, name))
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
 def _check_step(step: Any) -> int:
