@@ -1,0 +1,318 @@
+"""Tests for altgrad_jax.diagnostics: flips/stalls, windows, rank, gradient and quantization health."""
+
+import functools
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from altgrad_jax import diagnostics as D
+from altgrad_jax.formats import get_format
+from altgrad_jax.quant import amax_scale, quantize, ulp
+
+E4M3 = get_format("E4M3")
+
+
+def _fmt_e4m3_except_head(path):
+    return None if path.startswith("head/") else E4M3
+
+
+# ---------------------------------------------------------------------------------------- flips
+def _flip_case():
+    # 448 = E4M3 max keeps the amax scale at exactly 1, so the grid step on [1, 2) is 0.125,
+    # on [2, 4) it is 0.25.
+    old = {"block_0": {"attn": {"query": {"kernel": jnp.array([1.0, 2.0, 3.0, 448.0, 1.5])}}},
+           "head": {"kernel": jnp.array([1.0, 2.0])}}
+    new = {"block_0": {"attn": {"query": {"kernel": jnp.array([1.01, 2.3, 3.0, 448.0, 1.5])}}},
+           "head": {"kernel": jnp.array([1.0 + 1e-6, 2.0])}}
+    grads = {"block_0": {"attn": {"query": {"kernel": jnp.array([1.0, -1.0, 0.5, 0.0, 0.0])}}},
+             "head": {"kernel": jnp.array([1.0, 1.0])}}
+    return old, new, grads
+
+
+def test_flip_stats_hand_built():
+    old, new, grads = _flip_case()
+    s = D.flip_stats(old, new, grads, _fmt_e4m3_except_head)
+    q = "block_0/attn/query/kernel"
+    # 1.0 -> 1.01 stays in its cell, 2.0 -> 2.3 crosses to 2.25, 3.0 did not move.
+    assert float(s[f"diag/flips/{q}"]) == 1.0
+    assert float(s[f"diag/updates/{q}"]) == 3.0
+    np.testing.assert_allclose(float(s[f"diag/stall_ratio/{q}"]), 2 / 3, rtol=1e-6)
+    # The head is unquantized: its float32 change is a flip.
+    assert float(s["diag/flips/head/kernel"]) == 1.0
+    assert float(s["diag/updates/head/kernel"]) == 2.0
+    np.testing.assert_allclose(float(s["diag/stall_ratio/head/kernel"]), 0.5, rtol=1e-6)
+    assert float(s["diag/flips"]) == 2.0 and float(s["diag/updates"]) == 5.0
+    np.testing.assert_allclose(float(s["diag/stall_ratio"]), 0.6, rtol=1e-6)
+    np.testing.assert_allclose(float(s["diag/flip_rate"]), 2 / 7, rtol=1e-6)
+    assert all(v.dtype == jnp.float32 and v.shape == () for v in s.values())
+
+
+def test_flip_stats_jit_matches_eager_and_no_updates_reads_zero():
+    old, new, grads = _flip_case()
+    fn = jax.jit(functools.partial(D.flip_stats, format_fn=_fmt_e4m3_except_head))
+    eager = D.flip_stats(old, new, grads, _fmt_e4m3_except_head)
+    jitted = fn(old, new, grads)
+    assert set(eager) == set(jitted)
+    for k in eager:
+        assert float(eager[k]) == float(jitted[k]), k
+    zero = jax.tree.map(jnp.zeros_like, grads)
+    s = D.flip_stats(old, old, zero, _fmt_e4m3_except_head)
+    assert float(s["diag/stall_ratio"]) == 0.0 and float(s["diag/updates"]) == 0.0
+
+
+def test_flip_stats_clips_at_zero_nan_is_not_a_flip_and_grads_none():
+    old = {"w": jnp.array([1.0, 2.0, 448.0]), "head": {"kernel": jnp.array([jnp.nan, 1.0])}}
+    new = {"w": jnp.array([1.5, 2.0, 448.0]), "head": {"kernel": jnp.array([jnp.nan, 1.0])}}
+    fmt = _fmt_e4m3_except_head
+    # a flip without a gradient (momentum): flips > updates -> stall clipped to 0
+    zeros = jax.tree.map(jnp.zeros_like, old)
+    s = D.flip_stats(old, new, zeros, fmt)
+    assert float(s["diag/flips"]) == 1.0 and float(s["diag/stall_ratio"]) == 0.0
+    assert float(s["diag/flips/head/kernel"]) == 0.0  # NaN staying NaN is not a flip
+    s = D.flip_stats(old, new, None, fmt)  # updated = float value changed
+    assert float(s["diag/updates"]) == 1.0 and float(s["diag/flips"]) == 1.0
+    # a quantized tensor holding a NaN reads NaN everywhere (its amax scale is NaN): no flips
+    s = D.flip_stats({"w": jnp.array([1.0, jnp.nan])}, {"w": jnp.array([2.0, jnp.nan])}, None,
+                     lambda p: "E4M3")
+    assert float(s["diag/flips"]) == 0.0
+
+
+def test_flip_stats_accepts_precision_rules():
+    from altgrad_jax.quant import PrecisionRules
+    old, new, grads = _flip_case()
+    rules = PrecisionRules.create([("head/", None)], default="E4M3")
+    a = D.flip_stats(old, new, grads, rules)
+    b = D.flip_stats(old, new, grads, _fmt_e4m3_except_head)
+    assert {k: float(v) for k, v in a.items()} == {k: float(v) for k, v in b.items()}
+
+
+def test_below_half_step_fraction():
+    params = {"a": jnp.array([1.0, 1.0, 1.0, 1.0, 448.0, 3.0]), "head": {"kernel": jnp.ones(3)}}
+    # ulp(1.0) = 0.125 -> half 0.0625 (tie: not counted); ulp(3.0) = 0.25 -> half 0.125
+    updates = {"a": jnp.array([0.01, -0.07, 0.0625, 0.0, 0.0, 0.1]),
+               "head": {"kernel": jnp.array([1e-9, 1e-9, 1e-9])}}
+    s = D.below_half_step_fraction(params, updates, _fmt_e4m3_except_head)
+    np.testing.assert_allclose(float(s["diag/below_half_step/a"]), 2 / 4, rtol=1e-6)
+    assert "diag/below_half_step/head/kernel" not in s  # unquantized leaves are skipped
+    np.testing.assert_allclose(float(s["diag/below_half_step"]), 0.5, rtol=1e-6)
+    # reference: the definition with the library's ulp
+    w, u = params["a"], updates["a"]
+    ref = np.asarray((u != 0) & (jnp.abs(u) < ulp(w, E4M3, amax_scale(w, E4M3)) / 2)).sum() / 4
+    assert float(s["diag/below_half_step/a"]) == pytest.approx(ref)
+
+
+def test_windowed_stall_vs_cumulative():
+    w = D.init_stall_window(5)
+    cum_f = cum_u = 0.0
+    for step in range(15):
+        flips = 0.0 if step < 10 else 100.0  # 10 stalled steps, then 5 healthy ones
+        w = D.update_stall_window(w, flips, 100.0)
+        cum_f, cum_u = cum_f + flips, cum_u + 100.0
+        if step == 2:
+            assert not bool(D.stall_window_full(w))
+            assert float(D.windowed_stall_ratio(w)) == 1.0
+    assert bool(D.stall_window_full(w))
+    assert float(D.windowed_stall_ratio(w)) == 0.0  # the regime changed: the window says so
+    assert 1 - cum_f / cum_u == pytest.approx(2 / 3)  # the cumulative rate still reads stalled
+    assert float(D.windowed_stall_ratio(D.init_stall_window(3))) == 0.0
+
+
+def test_stall_window_per_layer_and_jit_stable_structure():
+    w = D.init_stall_window(3, shape=(2,))
+    push = jax.jit(D.update_stall_window)
+    w2 = push(w, jnp.array([1.0, 0.0]), jnp.array([2.0, 4.0]))
+    w3 = push(w2, jnp.array([1.0, 0.0]), jnp.array([2.0, 4.0]))
+    assert jax.tree.structure(w) == jax.tree.structure(w3)
+    assert [x.dtype for x in jax.tree.leaves(w3)] == [x.dtype for x in jax.tree.leaves(w)]
+    np.testing.assert_allclose(np.asarray(D.windowed_stall_ratio(w3)), [0.5, 1.0])
+    assert push._cache_size() == 1  # no recompilation on the second call
+
+
+# ----------------------------------------------------------------------------------------- rank
+def _rank(w):
+    return {k: float(v) for k, v in D.matrix_rank_stats(jnp.asarray(w, jnp.float32)).items()}
+
+
+def test_rank_known_matrices():
+    r = _rank(np.eye(8))
+    assert r["stable"] == pytest.approx(8, rel=1e-5) and r["effective"] == pytest.approx(8, rel=1e-5)
+    assert r["spectral_norm"] == pytest.approx(1.0, rel=1e-6)
+    rng = np.random.default_rng(0)
+    u, v = rng.normal(size=12), rng.normal(size=7)
+    r = _rank(np.outer(u, v))
+    assert r["stable"] == pytest.approx(1, rel=1e-4) and r["effective"] == pytest.approx(1, rel=1e-3)
+    assert r["spectral_norm"] == pytest.approx(np.linalg.norm(u) * np.linalg.norm(v), rel=1e-5)
+    assert _rank(np.zeros((5, 3))) == {"stable": 0.0, "effective": 0.0, "spectral_norm": 0.0}
+
+
+def test_rank_chosen_singular_values():
+    rng = np.random.default_rng(1)
+    qa, _ = np.linalg.qr(rng.normal(size=(10, 10)))
+    qb, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    s = np.array([4.0, 2.0, 1.0, 0.5, 0.25, 0.0])
+    w = qa[:, :6] @ np.diag(s) @ qb.T
+    p = s[s > 0] / s.sum()
+    r = _rank(w)
+    assert r["stable"] == pytest.approx((s ** 2).sum() / 16, rel=1e-4)
+    assert r["effective"] == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-4)
+    assert r["spectral_norm"] == pytest.approx(4.0, rel=1e-5)
+
+
+def test_rank_health_tree_3d_views_skip_1d_and_nan():
+    rng = np.random.default_rng(2)
+    q = rng.normal(size=(8, 2, 4)).astype(np.float32)   # [d_model, heads, head_dim]
+    o = rng.normal(size=(2, 4, 8)).astype(np.float32)   # [heads, head_dim, d_model]
+    params = {"block_0": {"attn": {"query": {"kernel": q, "bias": np.zeros(8, np.float32)},
+                                   "out": {"kernel": o}}},
+              "embed": {"embedding": np.eye(6, 4, dtype=np.float32)},
+              "head": {"kernel": np.full((4, 3), np.nan, np.float32)}}
+    fn = D.make_rank_health_fn()
+    r = fn(params)
+    assert "rank/stable/block_0/attn/query/bias" not in r
+    ref_q = _rank(q.reshape(8, 8))
+    ref_o = _rank(o.reshape(8, 8))
+    assert float(r["rank/effective/block_0/attn/query/kernel"]) == pytest.approx(ref_q["effective"], rel=1e-5)
+    assert float(r["rank/effective/block_0/attn/out/kernel"]) == pytest.approx(ref_o["effective"], rel=1e-5)
+    assert float(r["rank/effective/embed/embedding"]) == pytest.approx(4.0, rel=1e-5)
+    assert math.isnan(float(r["rank/effective/head/kernel"]))
+    assert D.balanced_split("x", (8, 2, 4)) == 1 and D.balanced_split("x", (2, 4, 8)) == 2
+    r2 = D.make_rank_health_fn(exclude=r"^embed/")(params)
+    assert "rank/effective/embed/embedding" not in r2 and "rank/effective_mean" in r2
+    with pytest.raises(ValueError, match="exclude"):
+        D.make_rank_health_fn(exclude="(")
+
+
+def _feed(det, seq, layers):
+    out = []
+    for step, value in seq:
+        out += det.update(step, {f"rank/effective/{l}": value for l in layers})
+    return out
+
+
+LAYERS = ["head/kernel", "block_0/attn/out/kernel", "block_0/mlp/fc1/kernel"]
+
+
+def test_trend_detector_stable_no_warning_and_critical_vs_not():
+    det = D.RankTrendDetector(warmup_steps=100, decay=0.5)
+    stable = [(s, 50.0 + (1 if s % 200 else -1) * 0.5) for s in range(0, 2000, 100)]
+    assert _feed(det, stable, LAYERS) == []
+    det = D.RankTrendDetector(warmup_steps=100, decay=0.5)
+    seq = [(s, 50.0) for s in range(0, 500, 100)] + [(s, 40.0) for s in range(500, 1500, 100)]
+    warns = _feed(det, seq, LAYERS)  # a 20% drop: critical (15%) warns, the others (30%) do not
+    assert sorted(w["layer"] for w in warns) == ["block_0/attn/out/kernel", "head/kernel"]
+    assert all(w["critical"] and w["threshold"] == 0.15 for w in warns)
+    json.dumps(warns)
+    # warns once, until it recovers
+    assert _feed(det, [(s, 40.0) for s in range(1500, 2000, 100)], LAYERS) == []
+    _feed(det, [(s, 50.0) for s in range(2000, 3000, 100)], LAYERS)
+    again = _feed(det, [(s, 30.0) for s in range(3000, 4000, 100)], LAYERS)
+    assert sorted(w["layer"] for w in again) == sorted(LAYERS)  # 40% drop: everyone now
+
+
+def test_trend_detector_warmup_and_never_step0_baseline():
+    det = D.RankTrendDetector(warmup_steps=300, decay=0.0)
+    # before the warm-up the rank collapses from its random-init value: no baseline, no warning
+    warns = _feed(det, [(0, 100.0), (100, 60.0), (200, 50.0), (300, 50.0), (400, 50.0)], LAYERS)
+    assert warns == []
+    assert det.layers["head/kernel"]["baseline_step"] == 300
+    det = D.RankTrendDetector(warmup_steps=0, decay=0.0)
+    assert _feed(det, [(0, 100.0), (10, 50.0), (20, 50.0)], LAYERS) == []
+    assert det.layers["head/kernel"]["baseline_step"] == 10
+    # state round-trips through JSON
+    det2 = D.RankTrendDetector(warmup_steps=0, decay=0.0)
+    det2.load_state_dict(json.loads(json.dumps(det.state_dict())))
+    assert det2.layers == det.layers
+    assert [w["layer"] for w in det2.update(30, {"rank/effective/head/kernel": 10.0})] == \
+        ["head/kernel"]
+    with pytest.raises(ValueError, match="decay"):
+        D.RankTrendDetector(decay=1.0)
+
+
+# ------------------------------------------------------------------------------------ gradients
+def test_gradient_stats_vs_numpy():
+    rng = np.random.default_rng(3)
+    a = rng.normal(0.3, 1.0, size=(6, 5)).astype(np.float32)
+    a[0, :3] = 0.0
+    b = (rng.normal(size=7) * 1e-9).astype(np.float32)
+    grads = {"block_0": {"mlp": {"fc1": {"kernel": a}}}, "head": {"bias": b}}
+    s = jax.jit(D.gradient_stats)(grads)
+    allg = np.concatenate([a.ravel(), b.ravel()]).astype(np.float64)
+    assert float(s["grad/global_norm"]) == pytest.approx(np.linalg.norm(allg), rel=1e-5)
+    assert float(s["grad/global_max"]) == pytest.approx(np.abs(allg).max(), rel=1e-6)
+    assert float(s["grad/dead_frac"]) == pytest.approx(np.mean(np.abs(allg) < 1e-8), rel=1e-6)
+    for path, g in (("block_0/mlp/fc1/kernel", a), ("head/bias", b)):
+        g = g.astype(np.float64)
+        assert float(s[f"grad/norm/{path}"]) == pytest.approx(np.linalg.norm(g), rel=1e-5)
+        assert float(s[f"grad/max/{path}"]) == pytest.approx(np.abs(g).max(), rel=1e-6)
+        assert float(s[f"grad/snr/{path}"]) == pytest.approx(abs(g.mean()) / g.std(), rel=1e-4)
+        assert float(s[f"grad/dead_frac/{path}"]) == pytest.approx(np.mean(np.abs(g) < 1e-8))
+    assert float(s["grad/nonfinite_frac"]) == 0.0
+    z = D.gradient_stats({"w": jnp.zeros(4)})
+    assert float(z["grad/snr/w"]) == 0.0 and float(z["grad/dead_frac"]) == 1.0
+
+
+def test_dead_window():
+    w = D.init_dead_window(3)
+    for d in (1.0, 1.0, 1.0, 0.0, 0.0):
+        w = D.update_dead_window(w, d)
+    assert float(D.windowed_dead_fraction(w)) == pytest.approx(1 / 3)
+    assert float(D.windowed_dead_fraction(D.init_dead_window(3))) == 0.0
+    with pytest.raises(ValueError, match="length"):
+        D.init_dead_window(0)
+
+
+# ------------------------------------------------------------------------- quantization health
+def test_quantization_health_gradients_known_counts():
+    # E4M3 at scale 1: max 448, smallest subnormal 2^-9 (half of it, 2^-10, rounds to 0).
+    g = jnp.array([1000.0, -500.0, 1.0, 1e-5, 0.0, 0.5], jnp.float32)
+    params = {"w": jnp.array([448.0, 1.0, 0.0, 2.0, 3.0, 4.0])}
+    h = D.quantization_health(params, lambda p: "E4M3", grads={"w": g}, grad_format="E4M3")
+    assert float(h["quant/grad_overflow_unscaled/w"]) == pytest.approx(2 / 6)
+    assert float(h["quant/grad_underflow_unscaled/w"]) == pytest.approx(1 / 5)
+    # amax-scaled: scale = 1000/448: 1e-5 still flushes, 0.5 -> 0.224 does not
+    assert float(h["quant/grad_underflow/w"]) == pytest.approx(1 / 5)
+    assert float(h["quant/grad_overflow_unscaled"]) == pytest.approx(2 / 6)
+    assert "quant/overflow/w" not in h  # 0 by construction under amax scaling: not reported
+    # grad_format=None -> each leaf's weight format
+    h2 = D.quantization_health(params, lambda p: "E4M3", grads={"w": g})
+    assert float(h2["quant/grad_overflow_unscaled/w"]) == pytest.approx(2 / 6)
+
+
+def test_quantization_health_weights_grid_error_log2ulp_underflow_overflow():
+    rng = np.random.default_rng(4)
+    w = rng.uniform(-1, 1, size=4096).astype(np.float32)
+    on_grid = np.asarray(quantize(jnp.asarray(w), E4M3, amax_scale(jnp.asarray(w), E4M3)))
+    params = {"master": w, "grid": on_grid, "head": {"kernel": w},
+              "big": np.array([448.0, 256.0, 300.0, -400.0, 1e-7], np.float32)}
+    h = jax.jit(functools.partial(D.quantization_health, format_fn=_fmt_e4m3_except_head))(params)
+    assert float(h["quant/grid_error/grid"]) == 0.0
+    assert 0.2 < float(h["quant/grid_error/master"]) < 0.3  # uniform within cells: ~0.25
+    assert float(h["quant/grid_error/master"]) <= 0.5
+    assert "quant/grid_error/head/kernel" not in h
+    # "big" has scale 1: 256..448 lie in the binade with step 32; 1e-7 flushes (step 2^-9)
+    assert float(h["quant/underflow/big"]) == pytest.approx(1 / 5)
+    assert float(h["quant/log2_ulp/big"]) == pytest.approx((4 * 5 + (-9)) / 5)
+    # delayed scaling: a scale that is too small makes values overflow
+    h = D.quantization_health({"big": params["big"]}, lambda p: "E4M3",
+                              weight_scales={"big": jnp.float32(0.5)})
+    assert float(h["quant/overflow/big"]) == pytest.approx(4 / 5)
+    assert float(h["quant/overflow"]) == pytest.approx(4 / 5)
+
+
+@pytest.mark.standard_promotion
+def test_quantization_health_agrees_with_quantization_stats():
+    from altgrad_jax.quant import quantization_stats
+    rng = np.random.default_rng(5)
+    x = jnp.asarray((rng.normal(size=512) * np.exp(rng.normal(size=512) * 4)).astype(np.float32))
+    for fmt in ("E4M3", "E5M2", "E3M4", "E0M7"):
+        h = D.quantization_health({"w": x}, lambda p: fmt, grads={"w": x}, grad_format=fmt)
+        ref1 = quantization_stats(x, fmt, 1.0)
+        refs = quantization_stats(x, fmt, amax_scale(x, fmt))
+        assert float(h["quant/grad_overflow_unscaled/w"]) == pytest.approx(float(ref1["overflow"]))
+        assert float(h["quant/grad_underflow_unscaled/w"]) == pytest.approx(float(ref1["underflow"]))
+        assert float(h["quant/grad_underflow/w"]) == pytest.approx(float(refs["underflow"]))
+        assert float(h["quant/rel_error/w"]) == pytest.approx(float(refs["rel_error"]), rel=1e-5)
