@@ -20,6 +20,16 @@ def _fmt_e4m3_except_head(path):
     return None if path.startswith("head/") else E4M3
 
 
+def _all_e4m3(path):
+    return E4M3
+
+
+# Compiled once per module: eager calls would compile every primitive separately (slow on CPU).
+FLIPS = D.make_flip_stats_fn(_fmt_e4m3_except_head)
+FLIPS_ALL = D.make_flip_stats_fn(_all_e4m3)
+HEALTH_ALL = D.make_quantization_health_fn(_all_e4m3)
+
+
 # ---------------------------------------------------------------------------------------- flips
 def _flip_case():
     # 448 = E4M3 max keeps the amax scale at exactly 1, so the grid step on [1, 2) is 0.125,
@@ -35,7 +45,7 @@ def _flip_case():
 
 def test_flip_stats_hand_built():
     old, new, grads = _flip_case()
-    s = D.flip_stats(old, new, grads, _fmt_e4m3_except_head)
+    s = FLIPS(old, new, grads)
     q = "block_0/attn/query/kernel"
     # 1.0 -> 1.01 stays in its cell, 2.0 -> 2.3 crosses to 2.25, 3.0 did not move.
     assert float(s[f"diag/flips/{q}"]) == 1.0
@@ -51,43 +61,34 @@ def test_flip_stats_hand_built():
     assert all(v.dtype == jnp.float32 and v.shape == () for v in s.values())
 
 
-def test_flip_stats_jit_matches_eager_and_no_updates_reads_zero():
+def test_flip_stats_partial_jit_and_rules_match_factory_and_no_updates_reads_zero():
+    from altgrad_jax.quant import PrecisionRules
     old, new, grads = _flip_case()
-    fn = jax.jit(functools.partial(D.flip_stats, format_fn=_fmt_e4m3_except_head))
-    eager = D.flip_stats(old, new, grads, _fmt_e4m3_except_head)
-    jitted = fn(old, new, grads)
-    assert set(eager) == set(jitted)
-    for k in eager:
-        assert float(eager[k]) == float(jitted[k]), k
+    rules = PrecisionRules.create([("head/", None)], default="E4M3")
+    ref = FLIPS(old, new, grads)
+    for fn in (jax.jit(functools.partial(D.flip_stats, format_fn=_fmt_e4m3_except_head)),
+               D.make_flip_stats_fn(rules)):
+        got = fn(old, new, grads)
+        assert set(got) == set(ref)
+        assert all(float(got[k]) == float(ref[k]) for k in ref)
     zero = jax.tree.map(jnp.zeros_like, grads)
-    s = D.flip_stats(old, old, zero, _fmt_e4m3_except_head)
+    s = FLIPS(old, old, zero)
     assert float(s["diag/stall_ratio"]) == 0.0 and float(s["diag/updates"]) == 0.0
 
 
 def test_flip_stats_clips_at_zero_nan_is_not_a_flip_and_grads_none():
     old = {"w": jnp.array([1.0, 2.0, 448.0]), "head": {"kernel": jnp.array([jnp.nan, 1.0])}}
     new = {"w": jnp.array([1.5, 2.0, 448.0]), "head": {"kernel": jnp.array([jnp.nan, 1.0])}}
-    fmt = _fmt_e4m3_except_head
     # a flip without a gradient (momentum): flips > updates -> stall clipped to 0
     zeros = jax.tree.map(jnp.zeros_like, old)
-    s = D.flip_stats(old, new, zeros, fmt)
+    s = FLIPS(old, new, zeros)
     assert float(s["diag/flips"]) == 1.0 and float(s["diag/stall_ratio"]) == 0.0
     assert float(s["diag/flips/head/kernel"]) == 0.0  # NaN staying NaN is not a flip
-    s = D.flip_stats(old, new, None, fmt)  # updated = float value changed
+    s = FLIPS(old, new, None)  # updated = float value changed
     assert float(s["diag/updates"]) == 1.0 and float(s["diag/flips"]) == 1.0
     # a quantized tensor holding a NaN reads NaN everywhere (its amax scale is NaN): no flips
-    s = D.flip_stats({"w": jnp.array([1.0, jnp.nan])}, {"w": jnp.array([2.0, jnp.nan])}, None,
-                     lambda p: "E4M3")
+    s = FLIPS_ALL({"w": jnp.array([1.0, jnp.nan])}, {"w": jnp.array([2.0, jnp.nan])}, None)
     assert float(s["diag/flips"]) == 0.0
-
-
-def test_flip_stats_accepts_precision_rules():
-    from altgrad_jax.quant import PrecisionRules
-    old, new, grads = _flip_case()
-    rules = PrecisionRules.create([("head/", None)], default="E4M3")
-    a = D.flip_stats(old, new, grads, rules)
-    b = D.flip_stats(old, new, grads, _fmt_e4m3_except_head)
-    assert {k: float(v) for k, v in a.items()} == {k: float(v) for k, v in b.items()}
 
 
 def test_below_half_step_fraction():
@@ -95,7 +96,7 @@ def test_below_half_step_fraction():
     # ulp(1.0) = 0.125 -> half 0.0625 (tie: not counted); ulp(3.0) = 0.25 -> half 0.125
     updates = {"a": jnp.array([0.01, -0.07, 0.0625, 0.0, 0.0, 0.1]),
                "head": {"kernel": jnp.array([1e-9, 1e-9, 1e-9])}}
-    s = D.below_half_step_fraction(params, updates, _fmt_e4m3_except_head)
+    s = D.make_below_half_step_fn(_fmt_e4m3_except_head)(params, updates)
     np.testing.assert_allclose(float(s["diag/below_half_step/a"]), 2 / 4, rtol=1e-6)
     assert "diag/below_half_step/head/kernel" not in s  # unquantized leaves are skipped
     np.testing.assert_allclose(float(s["diag/below_half_step"]), 0.5, rtol=1e-6)
@@ -133,33 +134,33 @@ def test_stall_window_per_layer_and_jit_stable_structure():
 
 
 # ----------------------------------------------------------------------------------------- rank
-def _rank(w):
-    return {k: float(v) for k, v in D.matrix_rank_stats(jnp.asarray(w, jnp.float32)).items()}
+RANK = D.make_rank_health_fn()
 
 
-def test_rank_known_matrices():
-    r = _rank(np.eye(8))
-    assert r["stable"] == pytest.approx(8, rel=1e-5) and r["effective"] == pytest.approx(8, rel=1e-5)
-    assert r["spectral_norm"] == pytest.approx(1.0, rel=1e-6)
+def test_rank_known_matrices_and_chosen_singular_values():
     rng = np.random.default_rng(0)
     u, v = rng.normal(size=12), rng.normal(size=7)
-    r = _rank(np.outer(u, v))
-    assert r["stable"] == pytest.approx(1, rel=1e-4) and r["effective"] == pytest.approx(1, rel=1e-3)
-    assert r["spectral_norm"] == pytest.approx(np.linalg.norm(u) * np.linalg.norm(v), rel=1e-5)
-    assert _rank(np.zeros((5, 3))) == {"stable": 0.0, "effective": 0.0, "spectral_norm": 0.0}
-
-
-def test_rank_chosen_singular_values():
-    rng = np.random.default_rng(1)
     qa, _ = np.linalg.qr(rng.normal(size=(10, 10)))
     qb, _ = np.linalg.qr(rng.normal(size=(6, 6)))
     s = np.array([4.0, 2.0, 1.0, 0.5, 0.25, 0.0])
-    w = qa[:, :6] @ np.diag(s) @ qb.T
+    mats = {"eye": np.eye(8), "rank1": np.outer(u, v), "zero": np.zeros((5, 3)),
+            "chosen": qa[:, :6] @ np.diag(s) @ qb.T}
+    r = {k: float(x) for k, x in RANK(jax.tree.map(lambda m: m.astype(np.float32), mats)).items()}
+    assert r["rank/stable/eye"] == pytest.approx(8, rel=1e-5)
+    assert r["rank/effective/eye"] == pytest.approx(8, rel=1e-5)
+    assert r["rank/spectral_norm/eye"] == pytest.approx(1.0, rel=1e-6)
+    assert r["rank/stable/rank1"] == pytest.approx(1, rel=1e-4)
+    assert r["rank/effective/rank1"] == pytest.approx(1, rel=1e-3)
+    assert r["rank/spectral_norm/rank1"] == pytest.approx(np.linalg.norm(u) * np.linalg.norm(v),
+                                                          rel=1e-5)
+    # a zero matrix has rank 0, not "full rank"
+    assert [r[f"rank/{k}/zero"] for k in ("stable", "effective", "spectral_norm")] == [0, 0, 0]
     p = s[s > 0] / s.sum()
-    r = _rank(w)
-    assert r["stable"] == pytest.approx((s ** 2).sum() / 16, rel=1e-4)
-    assert r["effective"] == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-4)
-    assert r["spectral_norm"] == pytest.approx(4.0, rel=1e-5)
+    assert r["rank/stable/chosen"] == pytest.approx((s ** 2).sum() / 16, rel=1e-4)
+    assert r["rank/effective/chosen"] == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-4)
+    assert r["rank/spectral_norm/chosen"] == pytest.approx(4.0, rel=1e-5)
+    assert r["rank/effective_mean"] == pytest.approx(
+        np.mean([r[f"rank/effective/{k}"] for k in mats]), rel=1e-6)
 
 
 def test_rank_health_tree_3d_views_skip_1d_and_nan():
@@ -173,10 +174,11 @@ def test_rank_health_tree_3d_views_skip_1d_and_nan():
     fn = D.make_rank_health_fn()
     r = fn(params)
     assert "rank/stable/block_0/attn/query/bias" not in r
-    ref_q = _rank(q.reshape(8, 8))
-    ref_o = _rank(o.reshape(8, 8))
-    assert float(r["rank/effective/block_0/attn/query/kernel"]) == pytest.approx(ref_q["effective"], rel=1e-5)
-    assert float(r["rank/effective/block_0/attn/out/kernel"]) == pytest.approx(ref_o["effective"], rel=1e-5)
+    ref = RANK({"q": q.reshape(8, 8), "o": o.reshape(8, 8)})
+    assert float(r["rank/effective/block_0/attn/query/kernel"]) == pytest.approx(
+        float(ref["rank/effective/q"]), rel=1e-5)
+    assert float(r["rank/effective/block_0/attn/out/kernel"]) == pytest.approx(
+        float(ref["rank/effective/o"]), rel=1e-5)
     assert float(r["rank/effective/embed/embedding"]) == pytest.approx(4.0, rel=1e-5)
     assert math.isnan(float(r["rank/effective/head/kernel"]))
     assert D.balanced_split("x", (8, 2, 4)) == 1 and D.balanced_split("x", (2, 4, 8)) == 2
@@ -270,7 +272,7 @@ def test_quantization_health_gradients_known_counts():
     # E4M3 at scale 1: max 448, smallest subnormal 2^-9 (half of it, 2^-10, rounds to 0).
     g = jnp.array([1000.0, -500.0, 1.0, 1e-5, 0.0, 0.5], jnp.float32)
     params = {"w": jnp.array([448.0, 1.0, 0.0, 2.0, 3.0, 4.0])}
-    h = D.quantization_health(params, lambda p: "E4M3", grads={"w": g}, grad_format="E4M3")
+    h = D.make_quantization_health_fn(_all_e4m3, grad_format="E4M3")(params, {"w": g})
     assert float(h["quant/grad_overflow_unscaled/w"]) == pytest.approx(2 / 6)
     assert float(h["quant/grad_underflow_unscaled/w"]) == pytest.approx(1 / 5)
     # amax-scaled: scale = 1000/448: 1e-5 still flushes, 0.5 -> 0.224 does not
@@ -278,7 +280,7 @@ def test_quantization_health_gradients_known_counts():
     assert float(h["quant/grad_overflow_unscaled"]) == pytest.approx(2 / 6)
     assert "quant/overflow/w" not in h  # 0 by construction under amax scaling: not reported
     # grad_format=None -> each leaf's weight format
-    h2 = D.quantization_health(params, lambda p: "E4M3", grads={"w": g})
+    h2 = HEALTH_ALL(params, {"w": g})
     assert float(h2["quant/grad_overflow_unscaled/w"]) == pytest.approx(2 / 6)
 
 
@@ -297,8 +299,7 @@ def test_quantization_health_weights_grid_error_log2ulp_underflow_overflow():
     assert float(h["quant/underflow/big"]) == pytest.approx(1 / 5)
     assert float(h["quant/log2_ulp/big"]) == pytest.approx((4 * 5 + (-9)) / 5)
     # delayed scaling: a scale that is too small makes values overflow
-    h = D.quantization_health({"big": params["big"]}, lambda p: "E4M3",
-                              weight_scales={"big": jnp.float32(0.5)})
+    h = HEALTH_ALL({"big": params["big"]}, None, {"big": jnp.float32(0.5)})
     assert float(h["quant/overflow/big"]) == pytest.approx(4 / 5)
     assert float(h["quant/overflow"]) == pytest.approx(4 / 5)
 
@@ -308,10 +309,15 @@ def test_quantization_health_agrees_with_quantization_stats():
     from altgrad_jax.quant import quantization_stats
     rng = np.random.default_rng(5)
     x = jnp.asarray((rng.normal(size=512) * np.exp(rng.normal(size=512) * 4)).astype(np.float32))
-    for fmt in ("E4M3", "E5M2", "E3M4", "E0M7"):
-        h = D.quantization_health({"w": x}, lambda p: fmt, grads={"w": x}, grad_format=fmt)
-        ref1 = quantization_stats(x, fmt, 1.0)
-        refs = quantization_stats(x, fmt, amax_scale(x, fmt))
+    fmts = ("E4M3", "E5M2", "E3M4", "E0M7")
+
+    @jax.jit
+    def both(x):
+        return [(D.quantization_health({"w": x}, lambda p: f, grads={"w": x}, grad_format=f),
+                 quantization_stats(x, f, 1.0), quantization_stats(x, f, amax_scale(x, f)))
+                for f in fmts]
+
+    for h, ref1, refs in both(x):
         assert float(h["quant/grad_overflow_unscaled/w"]) == pytest.approx(float(ref1["overflow"]))
         assert float(h["quant/grad_underflow_unscaled/w"]) == pytest.approx(float(ref1["underflow"]))
         assert float(h["quant/grad_underflow/w"]) == pytest.approx(float(refs["underflow"]))

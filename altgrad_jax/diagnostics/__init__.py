@@ -2,7 +2,8 @@
 and stability interventions.
 
 Every measurement is a pure, jit-safe function returning a flat dict of float32 scalars with
-namespaced keys (bind static arguments such as ``format_fn`` with `functools.partial`). Cheap ones
+namespaced keys (bind static arguments such as ``format_fn`` with `functools.partial`, or use the ``make_*_fn``
+factories, which return jitted functions: eager calls compile every primitive separately). Cheap ones
 (`flip_stats`, `below_half_step_fraction`, `gradient_stats`, `quantization_health`) can run inside the
 train step; heavy ones run in their own jitted function on their own schedule (`make_rank_health_fn`,
 `make_fp32_shadow_fn`). Host-side helpers (`RankTrendDetector`, `NanPatience`,
@@ -72,14 +73,16 @@ from altgrad_jax.diagnostics.clip import (PartitionRelativeClipState, clip_metri
                                           partition_relative_clip)
 from altgrad_jax.diagnostics.failure_report import worst_layers, write_failure_report
 from altgrad_jax.diagnostics.flips import (StallWindow, below_half_step_fraction, flip_stats,
-                                           init_stall_window, quantized_view, stall_window_full,
+                                           init_stall_window, make_below_half_step_fn,
+                                           make_flip_stats_fn, quantized_view, stall_window_full,
                                            update_stall_window, windowed_stall_ratio)
 from altgrad_jax.diagnostics.grad_stats import (DeadWindow, gradient_stats, init_dead_window,
                                                 update_dead_window, windowed_dead_fraction)
 from altgrad_jax.diagnostics.interventions import (DEFAULT_FALLBACK_CHAIN, FallbackController,
                                                    FallbackEvent, NanPatience,
                                                    apply_fallback_to_rules)
-from altgrad_jax.diagnostics.quant_health import quantization_health, tensor_health_counts
+from altgrad_jax.diagnostics.quant_health import (make_quantization_health_fn, quantization_health,
+                                                  tensor_health_counts)
 from altgrad_jax.diagnostics.rank import (DEFAULT_CRITICAL_PATTERNS, RankTrendDetector, as_matrix,
                                           balanced_split, make_rank_health_fn, matrix_rank_stats,
                                           rank_health)
@@ -89,7 +92,8 @@ from altgrad_jax.diagnostics.shadow import fp32_shadow_stats, make_fp32_shadow_f
 
 __all__ = [
     # flips and stalls
-    "flip_stats", "below_half_step_fraction", "quantized_view", "StallWindow", "init_stall_window",
+    "flip_stats", "below_half_step_fraction", "make_flip_stats_fn", "make_below_half_step_fn",
+    "quantized_view", "StallWindow", "init_stall_window",
     "update_stall_window", "windowed_stall_ratio", "stall_window_full",
     # rank
     "rank_health", "make_rank_health_fn", "matrix_rank_stats", "as_matrix", "balanced_split",
@@ -98,7 +102,7 @@ __all__ = [
     "gradient_stats", "DeadWindow", "init_dead_window", "update_dead_window",
     "windowed_dead_fraction",
     # quantization health
-    "quantization_health", "tensor_health_counts",
+    "quantization_health", "make_quantization_health_fn", "tensor_health_counts",
     # shadow
     "fp32_shadow_stats", "make_fp32_shadow_fn",
     # interventions

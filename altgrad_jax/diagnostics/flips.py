@@ -187,3 +187,18 @@ def windowed_stall_ratio(state: StallWindow) -> jax.Array:
 def stall_window_full(state: StallWindow) -> jax.Array:
     """Whether the window has seen ``W`` steps (bool scalar)."""
     return ring_full(state.flips)
+
+
+def make_flip_stats_fn(format_fn: Any):
+    """A jitted ``(old_params, new_params, grads) -> flip_stats(...)`` with ``format_fn`` bound.
+
+    Eager calls dispatch (and compile) every primitive separately; build this once outside the loop.
+    """
+    fn = as_format_fn(format_fn)
+    return jax.jit(lambda old, new, grads: flip_stats(old, new, grads, fn))
+
+
+def make_below_half_step_fn(format_fn: Any):
+    """A jitted ``(params, updates) -> below_half_step_fraction(...)`` with ``format_fn`` bound."""
+    fn = as_format_fn(format_fn)
+    return jax.jit(lambda params, updates: below_half_step_fraction(params, updates, fn))

@@ -161,3 +161,18 @@ def quantization_health(params: Any, format_fn: Any, *, grads: Any | None = None
         out["quant/grad_overflow_unscaled"] = safe_div(gt["over_1"], gt["n"])
         out["quant/grad_underflow_unscaled"] = safe_div(gt["under_1"], gt["nz_1"])
     return out
+
+
+def make_quantization_health_fn(format_fn: Any, *, grad_format: Any | None = None):
+    """A jitted ``(params, grads=None, weight_scales=None) -> quantization_health(...)``.
+
+    ``format_fn`` and ``grad_format`` are bound statically; build it once outside the loop.
+    """
+    fn = as_format_fn(format_fn)
+
+    @jax.jit
+    def health(params, grads=None, weight_scales=None):
+        return quantization_health(params, fn, grads=grads, grad_format=grad_format,
+                                   weight_scales=weight_scales)
+
+    return health
