@@ -35,25 +35,32 @@ IMPLEMENTATIONS = ("bits", "native")
 
 
 def _round_to_grid(y: jax.Array, fmt: FloatFormat, random_bits: jax.Array | None) -> jax.Array:
-    """float32 y -> float32 on fmt's unscaled grid, saturating; NaN/inf passed through."""
+    """float32 y -> float32 on fmt's unscaled grid, saturating (+-inf too); NaN passed through.
+
+    (+-inf here comes from a finite x whose x / scale overflowed: it saturates like any finite
+    overflow. An infinite x itself is passed through by the caller.)
+    """
     bits = float32_bits(y)
     abs_bits = bits & _c(_ABS_MASK)
     finite = abs_bits < _c(_EXP_MASK)
     r = round_magnitude_bits(jnp.where(finite, abs_bits, _c(0)), fmt, random_bits)
-    r = jnp.minimum(r, _c(fmt.max_bits))
-    out = (bits & _c(0x80000000)) | r
-    return bits_float32(jnp.where(finite, out, bits))
+    r = jnp.where(finite, jnp.minimum(r, _c(fmt.max_bits)), _c(fmt.max_bits))
+    sign = bits & _c(0x80000000)
+    if fmt.nan_inf == "fnuz":  # no -0 in fnuz formats (as their ml_dtypes casts)
+        sign = jnp.where(r == 0, _c(0), sign)
+    out = sign | r
+    return bits_float32(jnp.where(abs_bits > _c(_EXP_MASK), bits, out))
 
 
 def _native_round(y: jax.Array, fmt: FloatFormat) -> jax.Array:
     dtype = fmt.ml_dtype
-    if fmt.min_subnormal <= 2.0 ** -126:  # jnp.clip (min/max) flushes float32 denormals on CPU
-        mx = jnp.float32(fmt.max)
-        clipped = jnp.where(y > mx, mx, jnp.where(y < -mx, -mx, y))
-    else:
-        clipped = jnp.clip(y, -fmt.max, fmt.max)  # the "fn" casts turn overflow into NaN: clip first
+    # The "fn" casts turn overflow into NaN: clip first (this also saturates +-inf, which here
+    # comes from a finite x / scale overflowing). Note: XLA on CPU flushes float32 denormals in
+    # fused element-wise kernels, so the bfloat16 subnormals (< 2^-126) come out as +-0 here;
+    # impl="bits" keeps them.
+    clipped = jnp.clip(y, -fmt.max, fmt.max)
     out = clipped.astype(dtype).astype(jnp.float32)
-    return jnp.where(jnp.isfinite(y), out, y)
+    return jnp.where(jnp.isnan(y), y, out)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
