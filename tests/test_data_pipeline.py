@@ -63,6 +63,8 @@ def test_build_jsonl_with_workdir(tmp_path, jsonl_dir, monkeypatch):
     # New run folder, same data: the cache hits.
     b3 = build_data(_cfg(tmp_path, label_set="all"), str(tmp_path / "run3"))
     assert b3.info["tokenizer"]["origin"] == "cache"
+    with pytest.raises(DataError, match="label_set='all'.*new workdir"):
+        build_data(_cfg(tmp_path, label_set="top100"), str(wd))
 
 
 @pytest.mark.parametrize("label_set,n", [("top100", 7), ("level1", 2), ("level2", 5)])

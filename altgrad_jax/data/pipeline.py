@@ -243,6 +243,11 @@ def build_data(cfg: Any, workdir: str | os.PathLike | None = None) -> DataBundle
     vocab = build_label_vocab((r[spec.field] for r in records["train"]), dc.label_set)
     if workdir_path is not None and (workdir_path / LABEL_VOCAB_FILE).is_file():
         saved = LabelVocab.load(workdir_path / LABEL_VOCAB_FILE)
+        if saved.label_set != vocab.label_set:
+            raise DataError(
+                f"The run folder {str(workdir_path)!r} holds a {LABEL_VOCAB_FILE} for label_set="
+                f"{saved.label_set!r} but the config asks for {vocab.label_set!r}. Fix: use a new "
+                "workdir for a different label set (or set data.label_set back).")
         if saved.ids != vocab.ids:
             logging.warning("The run folder's %s differs from the one built from the data "
                             "(%d vs %d labels); using the run folder's so columns stay stable.",

@@ -198,7 +198,7 @@ def _cut_at_whitespace(text: str, max_chars: int) -> tuple[str, bool]:
 
 
 def encode_texts(
-    tok: Tokenizer, texts: Sequence[str], max_length: int, *, chars_per_token: int = 8
+    tok: Tokenizer, texts: Sequence[str], max_length: int, *, chars_per_token: int = 6
 ) -> Encoded:
     """Encodes documents as ``[CLS] + tokens``, truncated and padded to ``max_length``.
 
