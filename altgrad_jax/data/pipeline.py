@@ -37,7 +37,6 @@ import time
 import warnings
 from typing import Any, Mapping
 
-import numpy as np
 from absl import logging
 from tokenizers import Tokenizer
 
