@@ -16,7 +16,10 @@ def _sklearn_reference(probs, labels, threshold):
     for avg in ("micro", "macro"):
         # sklearn reads an [N, 1] indicator as a binary target, where micro/macro mean something
         # else; one label of a multi-label problem is the binary ('binary' average) case.
-        y, p, a = (labels, pred, avg) if labels.shape[1] > 1 else (labels[:, 0], pred[:, 0], "binary")
+        if labels.shape[1] > 1:
+            y, p, a = labels, pred, avg
+        else:
+            y, p, a = labels[:, 0], pred[:, 0], "binary"
         ref[f"{avg}_f1"] = skm.f1_score(y, p, average=a, zero_division=0)
         ref[f"{avg}_precision"] = skm.precision_score(y, p, average=a, zero_division=0)
         ref[f"{avg}_recall"] = skm.recall_score(y, p, average=a, zero_division=0)

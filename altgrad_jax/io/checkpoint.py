@@ -112,7 +112,7 @@ def _to_abstract(x: Any) -> Any:
 
 
 def _from_restored(target: Any, restored: Any) -> Any:
-    """Leaf transform after restoring: undo :func:`_to_savable` following the target's leaf types."""
+    """Leaf transform after restoring: undoes :func:`_to_savable` by the target's leaf type."""
     if _is_prng_key(target):
         return jax.random.wrap_key_data(restored, impl=jax.random.key_impl(target))
     if isinstance(target, np.generic):
@@ -201,7 +201,7 @@ class Checkpointer:
                 meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
                 value = meta.get("best_value")
                 return None if value is None else float(value)
-            except Exception as e:  # noqa: BLE001 - any unreadable best step is reported and skipped
+            except Exception as e:  # noqa: BLE001 - an unreadable best step is reported, skipped
                 logging.warning("Checkpointer: cannot read best checkpoint step %d: %s", step, e)
         return None
 
@@ -251,7 +251,8 @@ class Checkpointer:
 
         Args:
           step: the training step (a non-negative int).
-          state_pytree: the train state (jax / NumPy arrays and scalars, Optax states, Flax structs).
+          state_pytree: the train state (JAX / NumPy arrays and scalars, Optax states, Flax
+            structs).
           extra: JSON-compatible dict restored alongside the state (iterator state, RNG, ...).
           metrics: optional flat dict of scalars stored in the step's ``meta``; when ``keep_best``
             and it holds ``best_metric``, :meth:`save_best` is called with that value.
@@ -315,10 +316,14 @@ class Checkpointer:
         written = self._write("best", step, state, extra or {}, meta)
         if written:
             self._best_value = value
-            logging.info("Checkpointer: new best %s=%.6g at step %d.", self.best_metric, value, step)
+            logging.info(
+                "Checkpointer: new best %s=%.6g at step %d.", self.best_metric, value, step
+            )
         return written
 
-    def save_anomaly(self, step: int, state: PyTree, extra: Mapping[str, Any] | None = None) -> bool:
+    def save_anomaly(
+        self, step: int, state: PyTree, extra: Mapping[str, Any] | None = None
+    ) -> bool:
         """Saves the state at the first non-finite loss to ``<directory>/anomaly``, once per run.
 
         Returns:
@@ -339,7 +344,9 @@ class Checkpointer:
     def _expect_marker(self, kind: str, steps) -> bool:
         # Orbax writes commit_success.txt when it finalizes a step. Require it only if this
         # directory's checkpoints carry it at all (robust to Orbax versions that do not write it).
-        return any(os.path.exists(os.path.join(self._step_dir(kind, s), _COMMIT_MARKER)) for s in steps)
+        return any(
+            os.path.exists(os.path.join(self._step_dir(kind, s), _COMMIT_MARKER)) for s in steps
+        )
 
     def _step_dir(self, kind: str, step: int) -> str:
         return str(self._managers[kind].directory / str(step))

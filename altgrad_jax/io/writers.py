@@ -136,7 +136,9 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            rows.append({k: _NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in row.items()})
+            rows.append(
+                {k: _NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in row.items()}
+            )
     return rows
 
 

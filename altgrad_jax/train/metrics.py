@@ -44,7 +44,8 @@ Conventions (identical to scikit-learn unless noted):
 
 References:
   Mann & Whitney, *On a test of whether one of two random variables is stochastically larger than
-  the other*, 1947. Manning, Raghavan & Schütze, *Introduction to Information Retrieval*, ch. 8, 2008.
+  the other*, 1947. Manning, Raghavan & Schütze, *Introduction to Information Retrieval*, ch. 8,
+  2008.
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ def _auc_and_ap_columns(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndar
 
     # Average precision. Each positive adds 1/P recall at the threshold of its tie group, where the
     # precision is the one at the group's last position: AP = (1/P) sum_{i positive} prec[last(i)].
-    precision = np.cumsum(y, axis=0, dtype=np.float64) / np.arange(1, n + 1, dtype=np.float64)[:, None]
+    seen = np.arange(1, n + 1, dtype=np.float64)[:, None]
+    precision = np.cumsum(y, axis=0, dtype=np.float64) / seen
     prec_at_group = np.take_along_axis(precision, last, axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         ap = np.sum(np.where(y, prec_at_group, 0.0), axis=0) / num_pos
