@@ -27,12 +27,16 @@ def quantization_stats(x: jax.Array, fmt: FloatFormat | str,
     finite = jnp.isfinite(x)
     q = quantize(x, fmt, scale)
     n = jnp.float32(max(x.size, 1))
-    overflow = jnp.sum(finite & (jnp.abs(x) > fmt.max * scale)) / n
+
+    def count(mask):  # float32 count (bool sums are int32: no implicit promotion under "strict")
+        return jnp.sum(mask, dtype=jnp.float32)
+
+    overflow = count(finite & (jnp.abs(x) > fmt.max * scale)) / n
     nonzero = finite & (x != 0)
-    underflow = jnp.sum(nonzero & (q == 0)) / jnp.maximum(jnp.sum(nonzero), 1).astype(jnp.float32)
+    underflow = count(nonzero & (q == 0)) / jnp.maximum(count(nonzero), jnp.float32(1))
     xf = jnp.where(finite, x, 0.0)
     qf = jnp.where(finite, q, 0.0)
     norm = jnp.sqrt(jnp.sum(xf * xf))
     rel = jnp.where(norm > 0, jnp.sqrt(jnp.sum((qf - xf) ** 2)) / jnp.maximum(norm, 1e-30), 0.0)
     return {"overflow": overflow, "underflow": underflow, "rel_error": rel,
-            "nonfinite": jnp.sum(~finite) / n}
+            "nonfinite": count(~finite) / n}
