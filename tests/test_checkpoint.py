@@ -1,5 +1,6 @@
 """altgrad_jax.io.checkpoint: round trips, retention, best/anomaly rules, corruption fallback."""
 
+import functools
 import glob
 import logging
 import os
@@ -32,6 +33,7 @@ _OPT = optax.chain(
 )
 
 
+@functools.lru_cache(maxsize=None)  # states are immutable; building them dominates test time
 def _make_state(seed: int) -> _TrainState:
     key = jax.random.key(seed)
     params = {

@@ -170,4 +170,5 @@ def test_fast_on_eval_sized_arrays():
     multilabel_metrics(probs, labels)
     tune_threshold(probs, labels)
     elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, f"metrics took {elapsed:.3f}s for N={n}, C={c}"
+    # ~0.3 s on an idle 2-core CPU; the bound leaves room for a loaded CI machine.
+    assert elapsed < 2.0, f"metrics took {elapsed:.3f}s for N={n}, C={c}"
