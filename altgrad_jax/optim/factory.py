@@ -84,7 +84,7 @@ def _grid(c, lr, formats):
 def _sgd(c, lr, formats):
     def factory(learning_rate, momentum, weight_decay):
         return optax.chain(optax.add_decayed_weights(weight_decay),
-                           optax.sgd(learning_rate, momentum=momentum or None))
+                           optax.sgd(learning_rate, momentum=momentum))
     return factory, dict(learning_rate=lr, momentum=_get(c, "momentum"),
                          weight_decay=_get(c, "weight_decay")), ()
 

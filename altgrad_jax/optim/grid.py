@@ -8,8 +8,10 @@ without subnormals skip the magnitudes ``1 .. 2^M - 1`` (they decode to 0). ``i`
 E4M3 (e4m3fn): ``0 0111 000`` = 1.0 has ``i = 56``; ``i = 57`` is ``0 0111 001`` = 1.125; ``i = 55``
 is ``0 0110 111`` = 0.9375 (the binade edge is crossed by the integer add); ``I_max = 126`` (448).
 
-Per-tensor scale: ``s = amax_scale(w, fmt, pow2=True)`` of the *current* params by default, a power
-of two, so ``w / s`` and ``g * s`` are exact, grids at ``s`` and ``2s`` nest, and (tested
+Per-tensor scale of `grid_optimizer`: ``s = amax_scale(w, fmt, margin=1, pow2=True)`` of the
+*current* params, a power of two with one binade of headroom. The headroom is needed: with
+``s = max|w| / fmt.max`` the largest weight sits on the top rung and could never grow (the scale is
+recomputed from it), so a tensor could never widen its range. A power of two makes ``w / s`` and ``g * s`` are exact, grids at ``s`` and ``2s`` nest, and (tested
 exhaustively on every grid value and every move of up to ``rung_clip`` rungs) the returned
 ``target - params`` makes ``optax.apply_updates`` land exactly on ``target``. With
 ``pow2_scale=False`` (``s = max|w| / fmt.max``, the forward pass's current scaling) about 1% of
@@ -67,9 +69,10 @@ def index_value(i: jax.Array, fmt: FloatFormat) -> jax.Array:
     return decode(code.astype(jnp.uint32), fmt)
 
 
-def grid_scale(w: jax.Array, fmt: FloatFormat, pow2_scale: bool = True) -> jax.Array:
-    """The per-tensor scale the grid links use: ``amax_scale(w, fmt, pow2=pow2_scale)``."""
-    return amax_scale(w.astype(jnp.float32), fmt, pow2=pow2_scale)
+def grid_scale(w: jax.Array, fmt: FloatFormat, pow2_scale: bool = True,
+               margin: float = 0.0) -> jax.Array:
+    """The per-tensor scale the grid links use: ``amax_scale(w, fmt, margin=, pow2=pow2_scale)``."""
+    return amax_scale(w.astype(jnp.float32), fmt, margin=margin, pow2=pow2_scale)
 
 
 def move_rungs(w: jax.Array, k: jax.Array, fmt: FloatFormat, scale: jax.Array) -> jax.Array:
@@ -126,11 +129,14 @@ def grid_optimizer(learning_rate: Any, formats: _util.FormatsSpec, *, momentum: 
        k = \\mathrm{round}(r) \\\\
        w' &= s \\cdot \\mathrm{grid}[\\mathrm{index}(w/s) + k] \\ \\ (k \\ne 0), \\qquad w' = w \\ \\ (k = 0)
 
-    with ``s`` the per-tensor power-of-two amax scale of the current params (see the module
-    docstring), ``round`` unbiased stochastic (``floor(r + U[0,1))``) or nearest-even, and the
+    with ``s = amax_scale(w, fmt, margin=1, pow2=True)`` of the current params (a power of two with
+    one binade of headroom so the largest weight can grow; see the module docstring), ``round`` unbiased stochastic (``floor(r + U[0,1))``) or nearest-even, and the
     index move exact across binade edges, clipped to the finite range. A weight with zero gradient
     and zero velocity never moves; an off-grid weight (e.g. at init) is snapped by its first
-    non-zero move only. Leaves whose format is None do plain SGD with momentum
+    non-zero move only. Note that ``rung_clip`` bounds a step in rungs, i.e. relative to the
+    weight's binade: crossing zero through the subnormal range (``2^M`` rungs per binade) takes
+    ``2^M / rung_clip`` steps or more, so wide-mantissa formats need a larger ``rung_clip``.
+    Leaves whose format is None do plain SGD with momentum
     (``w' = w - eta v``). This link needs ``params`` and must be the LAST link of a chain: it
     returns ``target - params`` so `optax.apply_updates` lands every weight exactly on ``target``.
 
@@ -144,7 +150,7 @@ def grid_optimizer(learning_rate: Any, formats: _util.FormatsSpec, *, momentum: 
       rounding: ``"stochastic"`` (unbiased) or ``"nearest"``.
       seed: seed of the PRNG key kept in the state.
       track_bit_position: keep per-element cumulative rung counts in the state.
-      pow2_scale: power-of-two per-tensor scales (exact; default) or ``max|w| / fmt.max``.
+      pow2_scale: power-of-two per-tensor scales (exact; default) or ``2 max|w| / fmt.max``.
 
     Returns:
       An `optax.GradientTransformationExtraArgs`; state `GridOptimizerState`.
@@ -219,7 +225,7 @@ def grid_optimizer(learning_rate: Any, formats: _util.FormatsSpec, *, momentum: 
                 flipped = new != w32
                 out_u.append(step.astype(g.dtype))
             else:
-                s = grid_scale(w32, fmt, pow2_scale)
+                s = grid_scale(w32, fmt, pow2_scale, margin=1.0)
                 r = step / ulp(w32, fmt, s)
                 rc = jnp.asarray(rung_clip, jnp.float32)
                 clipped = jnp.sum((jnp.abs(r) >= rc).astype(jnp.float32))
