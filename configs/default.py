@@ -109,6 +109,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.diag.grad_stats = True  # gradient norms, SNR, dead fraction (at log steps)
     c.diag.quant_health = True  # overflow/underflow/grid alignment of quantized tensors (log steps)
     c.diag.rank_every = 0  # steps between rank-health measurements (0 = off); own jitted fn
+    c.diag.rank_exclude = "embed/"  # regex of params left out of rank health ("" = none);
+    #                                 the 16k x d embedding SVD dominates the cost otherwise
     c.diag.rank_warmup_steps = 100  # rank trend baseline taken after this many steps
     c.diag.rank_ema = 0.9  # EMA decay of the rank trend detector
     c.diag.rank_critical_patterns = ("head/", "attn/out/")  # layers with the 0.15 threshold

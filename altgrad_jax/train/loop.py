@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 
 from altgrad_jax import data as data_lib
@@ -73,6 +74,25 @@ def build_model(config: ml_collections.ConfigDict, *, vocab_size: int, num_label
                              max_length=config.data.max_length, num_layers=m.num_layers,
                              d_model=m.d_model, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
                              dropout=m.dropout, pooling=m.pooling, policy=policy)
+
+
+def build_optimizer(config: ml_collections.ConfigDict, format_fn, num_steps: int):
+    """``(tx, lr_schedule)`` from ``config.optimizer`` (+ ``config.stability.partition_clip``).
+
+    ``optimizer.total_steps=0`` means ``num_steps`` and ``optimizer.warmup_steps=0`` means
+    ``warmup_frac * total_steps``. The format-relative clip link, when on, runs first.
+    """
+    ocfg = ml_collections.ConfigDict(config.optimizer.to_dict())
+    ocfg.total_steps = int(ocfg.total_steps) or int(num_steps)
+    if not int(ocfg.warmup_steps):
+        ocfg.warmup_steps = None
+    tx, schedule = make_optimizer(ocfg, format_fn)
+    if config.stability.partition_clip:
+        clip = diag_lib.partition_relative_clip(
+            format_fn, base_clip=float(config.stability.partition_clip_base),
+            overflow_threshold=float(config.stability.partition_clip_overflow))
+        tx = optax.chain(clip, tx)
+    return tx, schedule
 
 
 def _flatten(d: Any, prefix: str = "") -> dict:
@@ -170,8 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     num_steps = int(config.train.num_steps)
     if num_steps < 1:
         raise ValueError(f"train.num_steps must be >= 1, got {num_steps}")
-    tx, lr_schedule = make_optimizer(config.optimizer, format_fn, num_steps=num_steps,
-                                     stability=config.stability)
+    tx, lr_schedule = build_optimizer(config, format_fn, num_steps)
     key = jax.random.key(int(config.train.seed))
     init_key, dropout_key = jax.random.split(key)
     dummy = jnp.zeros((1, config.data.max_length), jnp.int32)
@@ -197,11 +216,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     start_step = int(state.step)
     elapsed_before = float(extra.get("train_time_s", 0.0))
     rank_detector = diag_lib.RankTrendDetector(
-        warmup_steps=int(config.diag.rank_warmup_steps), ema=float(config.diag.rank_ema),
+        warmup_steps=int(config.diag.rank_warmup_steps), decay=float(config.diag.rank_ema),
         critical_patterns=tuple(config.diag.rank_critical_patterns),
-        critical_drop=float(config.diag.rank_critical_drop), drop=float(config.diag.rank_drop))
+        critical_threshold=float(config.diag.rank_critical_drop),
+        threshold=float(config.diag.rank_drop))
     if "rank_detector" in extra:
-        rank_detector = diag_lib.RankTrendDetector.from_dict(extra["rank_detector"])
+        rank_detector.load_state_dict(extra["rank_detector"])
 
     writers = io_lib.make_writers(workdir, wandb_mode=config.log.wandb_mode,
                                   wandb_project=config.log.wandb_project, run_name=config.name,
@@ -210,7 +230,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     train_step = make_train_step(model=model, tx=tx, format_fn=format_fn, lr_schedule=lr_schedule,
                                  grad_format=grad_format, options=options)
     eval_step = make_eval_step(model, float(config.train.pos_weight))
-    rank_fn = diag_lib.make_rank_health_fn() if int(config.diag.rank_every) > 0 else None
+    rank_fn = (diag_lib.make_rank_health_fn(exclude=config.diag.rank_exclude or None)
+               if int(config.diag.rank_every) > 0 else None)
     status = "completed"
     bar = io_lib.ProgressBar(total=num_steps, initial=start_step,
                              disable=None if config.train.progress_bar else True)
@@ -221,14 +242,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     batch_size = int(config.train.batch_size)
 
     def make_extra(train_time):
+        # Losses of the current (unfinished) log window, so train/loss_avg is exact on resume.
+        pending = [float(x) for x in jax.device_get(losses)]
         return {"data_iter": train_iter.state(), "train_time_s": train_time,
-                "rank_detector": rank_detector.to_dict()}
+                "rank_detector": rank_detector.state_dict(), "pending_losses": pending}
 
     step = start_step
     steps_this_run = 0
     train_time = elapsed_before
     window_t0, window_steps, window_tokens = time.perf_counter(), 0, 0
-    losses = []
+    losses = list(extra.get("pending_losses", []))
     last_metrics: dict = {}
     try:
         while step < num_steps:
@@ -273,6 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
             if rank_fn is not None and step % int(config.diag.rank_every) == 0:
                 rank = {k: float(v) for k, v in jax.device_get(rank_fn(state.params)).items()}
                 warnings_ = rank_detector.update(step, rank)
+                rank.update(rank_detector.metrics())
                 for w in warnings_:
                     _append_event(workdir, {"type": "rank_warning", **w})
                 rank["rank/warnings"] = float(len(warnings_))

@@ -49,10 +49,13 @@ class StepOptions:
 
 
 def init_diag_state(options: StepOptions, stall_window: int) -> dict:
-    """The diagnostics part of `TrainState` (sliding stall window), empty when flips are off."""
-    if not options.flips:
-        return {}
-    return {"stall": diag_lib.init_stall_window(stall_window)}
+    """The diagnostics part of `TrainState`: sliding windows of stalls and dead gradients."""
+    out = {}
+    if options.flips:
+        out["stall"] = diag_lib.init_stall_window(stall_window)
+    if options.grad_stats:
+        out["dead"] = diag_lib.init_dead_window(stall_window)
+    return out
 
 
 def _log_time_diagnostics(params, grads, format_fn, grad_format, options: StepOptions) -> dict:
@@ -107,6 +110,15 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
         flips.update(diag_lib.below_half_step_fraction(state.params, updates, format_fn))
         metrics.update(flips)
         diag = {**diag, "stall": stall}
+
+    if options.grad_stats:  # dead-gradient fraction every step, into a sliding window
+        leaves = jax.tree.leaves(grads)
+        n_dead = sum(jnp.sum(jnp.abs(g) < options.dead_threshold, dtype=jnp.float32)
+                     for g in leaves)
+        dead = diag_lib.update_dead_window(diag["dead"],
+                                           n_dead / float(sum(g.size for g in leaves)))
+        metrics["grad/dead_frac_window"] = diag_lib.windowed_dead_fraction(dead)
+        diag = {**diag, "dead": dead}
 
     if options.grad_stats or options.quant_health:
         heavy = functools.partial(_log_time_diagnostics, format_fn=format_fn,
