@@ -77,6 +77,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.precondition = "gradient"  # manifold_adamw: "gradient" (seed), "update" (ULP), "none"
     c.optimizer.mantissa_bits = 0  # manifold "gradient" mode: M of the stiffness (0 = per-leaf format)
     c.optimizer.max_stiffness = 1e6  # clamp of the stiffness factor
+    c.optimizer.unformatted_scale = 1.0  # manifold "update" mode: learning_rate is in grid steps;
+    #                                      float32 leaves (biases, LayerNorm, head) step by
+    #                                      learning_rate * unformatted_scale in parameter units
     c.optimizer.momentum = 0.9  # grid optimizer / sgd
     c.optimizer.rung_clip = 10  # grid optimizer: max grid rungs per step
     c.optimizer.rounding = "stochastic"  # grid / snap rounding: "stochastic" or "nearest"

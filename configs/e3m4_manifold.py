@@ -15,5 +15,8 @@ def get_config():
     c.name = "e3m4_manifold"
     c.quant.weight_format = "E3M4"
     c.optimizer.name = "manifold_adamw"
-    c.optimizer.precondition = "update"
+    c.optimizer.precondition = "update"  # ULP-consistent: step = lr grid steps x Adam direction
+    c.optimizer.learning_rate = 0.25  # in grid steps of E3M4 (about 2% of |w| per step at peak)
+    c.optimizer.unformatted_scale = 0.004  # float32 leaves get AdamW at lr * 0.004 = 1e-3
+    c.optimizer.weight_decay = 4e-05  # lr * wd = 1e-5 of w per step, as AdamW 1e-3 x 1e-2
     return c

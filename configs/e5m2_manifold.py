@@ -15,5 +15,8 @@ def get_config():
     c.name = "e5m2_manifold"
     c.quant.weight_format = "E5M2"
     c.optimizer.name = "manifold_adamw"
-    c.optimizer.precondition = "update"
+    c.optimizer.precondition = "update"  # ULP-consistent: step = lr grid steps x Adam direction
+    c.optimizer.learning_rate = 0.1  # in grid steps of E5M2 (about 2% of |w| per step at peak)
+    c.optimizer.unformatted_scale = 0.01  # float32 leaves get AdamW at lr * 0.01 = 1e-3
+    c.optimizer.weight_decay = 0.0001  # lr * wd = 1e-5 of w per step, as AdamW 1e-3 x 1e-2
     return c

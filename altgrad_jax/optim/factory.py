@@ -19,7 +19,8 @@ _DEFAULTS = dict(
     learning_rate=1e-3, schedule="constant", warmup_steps=None, warmup_frac=0.0, total_steps=None,
     b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip_norm=0.0, precondition="gradient",
     mantissa_bits=None, max_stiffness=1e6, momentum=0.9, rung_clip=10, rounding="stochastic",
-    seed=0, weights_on_grid=False, inject_hyperparams=False, track_bit_position=True)
+    seed=0, weights_on_grid=False, inject_hyperparams=False, track_bit_position=True,
+    unformatted_scale=1.0)
 
 
 def _get(config: Any, name: str) -> Any:
@@ -70,7 +71,10 @@ def _manifold(c, lr, formats):
     kw = dict(learning_rate=lr, b1=_get(c, "b1"), b2=_get(c, "b2"), eps=_get(c, "eps"),
               weight_decay=_get(c, "weight_decay"), mantissa_bits=mbits, formats=formats,
               precondition=precondition, max_stiffness=_get(c, "max_stiffness"))
-    return manifold_adamw_core, kw, ("mantissa_bits", "formats", "precondition")
+    if precondition == "update":
+        kw["unformatted_scale"] = float(_get(c, "unformatted_scale"))
+    return manifold_adamw_core, kw, ("mantissa_bits", "formats", "precondition",
+                                     "unformatted_scale")
 
 
 def _grid(c, lr, formats):
@@ -117,6 +121,7 @@ def make_optimizer(config: Any, params_or_formats: Any = None
       precondition       manifold_adamw: "gradient" | "update" | "none"            ["gradient"]
       mantissa_bits      manifold_adamw "gradient": M for all leaves; 0/None = from formats
       max_stiffness      manifold_adamw "gradient": clamp of the stiffness          [1e6]
+      unformatted_scale  manifold_adamw "update": step factor of float32 leaves     [1.0]
       momentum           grid / sgd momentum (0 = none for sgd)                     [0.9]
       rung_clip          grid: most rungs per step                                  [10]
       rounding           grid (rung rounding) and snap_to_grid: "stochastic" | "nearest"

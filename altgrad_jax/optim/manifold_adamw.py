@@ -17,8 +17,8 @@ PRECONDITION_MODES = ("gradient", "update", "none")
 def manifold_adamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
                    weight_decay: Any = 0.01, *, mantissa_bits: int | None = None,
                    formats: _util.FormatsSpec = None, precondition: str = "gradient",
-                   max_stiffness: Any = 1e6, track_bit_position: bool = True
-                   ) -> optax.GradientTransformationExtraArgs:
+                   max_stiffness: Any = 1e6, track_bit_position: bool = True,
+                   unformatted_scale: float = 1.0) -> optax.GradientTransformationExtraArgs:
     """AdamW whose steps respect the weights' number grids ("ManifoldAdamW").
 
     ``precondition="gradient"`` (the seed's algorithm; stiffness before the moments):
@@ -52,8 +52,8 @@ def manifold_adamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any 
     flip. The decay term keeps AdamW's units (``eta * lambda`` is the fraction of ``w`` removed per
     step), so with ``eta`` in grid steps scale ``lambda`` down by the same factor as ``eta`` went up
     (AdamW ``lr=1e-3, wd=1e-2`` ~ here ``lr=0.25, wd=4e-5``). Leaves without a format get the AdamW
-    step with the same ``eta`` (so give them their own optimizer via ``optax.multi_transform`` when
-    mixing, or give every leaf a format).
+    step scaled by ``unformatted_scale`` (set it to ``adamw_lr / eta`` so biases, LayerNorm and an
+    unquantized head get a plain AdamW step of ``adamw_lr``; the training configs do this).
 
     ``precondition="none"``: exactly `optax.adamw` (bit for bit), with the diagnostics, for A/B runs.
 
@@ -75,6 +75,7 @@ def manifold_adamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any 
       precondition: ``"gradient"``, ``"update"`` or ``"none"``.
       max_stiffness: clamp of S ("gradient" mode).
       track_bit_position: keep the per-element cumulative bit position (one float32 per param).
+      unformatted_scale: "update" mode: factor on the Adam direction of leaves without a format.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` whose ``update`` needs ``params``.
@@ -96,14 +97,16 @@ def manifold_adamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any 
     """
     inner = manifold_adamw_core(learning_rate, b1, b2, eps, weight_decay,
                                 mantissa_bits=mantissa_bits, formats=formats,
-                                precondition=precondition, max_stiffness=max_stiffness)
+                                precondition=precondition, max_stiffness=max_stiffness,
+                                unformatted_scale=unformatted_scale)
     return with_grid_diagnostics(inner, formats, track_bit_position=track_bit_position)
 
 
 def manifold_adamw_core(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
                         weight_decay: Any = 0.01, *, mantissa_bits: int | None = None,
                         formats: _util.FormatsSpec = None, precondition: str = "gradient",
-                        max_stiffness: Any = 1e6) -> optax.GradientTransformation:
+                        max_stiffness: Any = 1e6, unformatted_scale: float = 1.0
+                        ) -> optax.GradientTransformation:
     """`manifold_adamw` without the diagnostics wrapper (the bare chain); same arguments."""
     _util.check_choice("precondition", precondition, PRECONDITION_MODES)
     _util.check_number("learning_rate", learning_rate, lo=0.0)
@@ -127,7 +130,8 @@ def manifold_adamw_core(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps:
         inner = optax.chain(scale_by_stiffness(mantissa_bits, formats, max_stiffness=max_stiffness),
                             adam, decay, lr)
     elif precondition == "update":
-        inner = optax.chain(adam, scale_by_ulp(formats), decay, lr)
+        inner = optax.chain(adam, scale_by_ulp(formats, unformatted_scale=unformatted_scale),
+                            decay, lr)
     else:
         inner = optax.chain(adam, decay, lr)  # = optax.adamw
     return inner

@@ -29,8 +29,8 @@ def grid_spacing(w: jax.Array, fmt, *, pow2_scale: bool = False) -> jax.Array:
     return ulp(w32, fmt, amax_scale(w32, fmt, pow2=pow2_scale))
 
 
-def scale_by_ulp(formats: _util.FormatsSpec, *, pow2_scale: bool = False
-                 ) -> optax.GradientTransformation:
+def scale_by_ulp(formats: _util.FormatsSpec, *, pow2_scale: bool = False,
+                 unformatted_scale: float = 1.0) -> optax.GradientTransformation:
     """Scales each update by the local grid spacing of its weight's target format.
 
     .. math::
@@ -40,13 +40,16 @@ def scale_by_ulp(formats: _util.FormatsSpec, *, pow2_scale: bool = False
     Placed after `optax.scale_by_adam` (whose direction has magnitude about 1 per coordinate), one
     unit of the final learning rate moves a weight by about one grid step of its format, wherever
     the weight sits (large weights take large steps, small weights small ones, as on the grid).
-    Leaves whose format is None pass through unchanged.
+    Leaves whose format is None (float32, e.g. biases, LayerNorm, the head) are multiplied by the
+    constant ``unformatted_scale`` instead: with the learning rate in grid steps, setting it to
+    ``adamw_lr / lr`` gives those leaves a plain AdamW step of ``adamw_lr``.
 
     Args:
       formats: per-leaf formats: a pytree like params (FloatFormat / name / None per leaf), a
         callable ``path -> format`` (``path_to_str`` of the key path), `PrecisionRules`, or one
         format for all leaves.
       pow2_scale: round the per-tensor scale up to a power of two (as `grid_optimizer` does).
+      unformatted_scale: the factor for leaves without a format (> 0; 1.0 = unchanged).
 
     Returns:
       An `optax.GradientTransformation` that needs ``params``; its state holds diagnostics only.
@@ -62,6 +65,7 @@ def scale_by_ulp(formats: _util.FormatsSpec, *, pow2_scale: bool = False
       Zhao et al., 2022, "LNS-Madam"; Bernstein et al., 2020 (Madam).
     """
     _util.check_formats_spec(formats)
+    _util.check_number("unformatted_scale", unformatted_scale, lo=0.0, lo_open=True)
 
     def init_fn(params):
         _util.resolve_formats(formats, params)
@@ -76,8 +80,12 @@ def scale_by_ulp(formats: _util.FormatsSpec, *, pow2_scale: bool = False
         p_leaves, _ = _util.flatten(params)
         out, total, n = [], jnp.zeros([], jnp.float32), 0
         for u, w, fmt in zip(u_leaves, p_leaves, fmts):
-            if _util.is_leaf(u) or fmt is None:
+            if _util.is_leaf(u):
                 out.append(u)
+                continue
+            if fmt is None:
+                out.append(u if unformatted_scale == 1.0 else
+                           (u.astype(jnp.float32) * unformatted_scale).astype(u.dtype))
                 continue
             step = grid_spacing(w, fmt, pow2_scale=pow2_scale)
             out.append((u.astype(jnp.float32) * step).astype(u.dtype))
