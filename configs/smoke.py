@@ -34,5 +34,6 @@ def get_config():
     c.train.progress_bar = False
     c.diag.rank_every = 3
     c.diag.rank_warmup_steps = 2
+    c.diag.shadow_every = 3
     c.log.wandb_mode = "disabled"
     return c

@@ -73,8 +73,9 @@ def test_run_folder_contents(full_run):
     assert train_steps == [2, 4, 6] and len(set(train_steps)) == len(train_steps)
     logged = {k for line in _lines(workdir) for k in line}
     for key in ["train/loss", "train/grad_norm", "train/lr", "diag/stall_ratio",
-                "diag/stall_ratio_window", "perf/samples_per_s", "eval/micro_f1",
-                "rank/warnings"]:
+                "diag/windowed_stall_ratio", "grad/windowed_dead_frac", "perf/samples_per_s", "eval/micro_f1",
+                "rank/warnings", "shadow/grad_cos_mean", "shadow/loss_gap",
+                "diag/stall_ratio/block_0/attn/query/kernel", "quant/grid_error"]:
         assert key in logged, key
     assert any(k.startswith("optim/") for k in logged)
     assert any(k.startswith("quant/") for k in logged)
@@ -114,6 +115,25 @@ def test_nan_patience_stops_with_a_report(tmp_path, cache_dir, monkeypatch):
     results = json.load(open(os.path.join(workdir, "results.json")))
     assert results["status"] == "diverged"
     assert os.path.isdir(os.path.join(workdir, "anomaly"))
+
+
+def test_format_fallback_on_stall(tmp_path, cache_dir):
+    """E7M0 weights with a tiny learning rate stall; the fallback switches to E5M2 and goes on."""
+    workdir = str(tmp_path / "fallback")
+    cfg = _config(cache_dir=cache_dir, **{
+        "quant.weight_format": "E7M0", "optimizer.learning_rate": 1e-7,
+        "stability.fallback": True, "stability.fallback_stall_threshold": 0.5,
+        "stability.fallback_min_step": 2, "diag.stall_window": 2, "diag.rank_every": 0,
+        "diag.shadow_every": 0})
+    results = loop_lib.train_and_evaluate(cfg, workdir)
+    assert results["status"] == "completed"
+    events = results["fallback_events"]
+    assert len(events) == 1 and events[0]["from_format"] == "E7M0"
+    assert events[0]["to_format"] == "E5M2" and events[0]["reason"] == "stall"
+    assert events[0]["step"] >= 2  # never at step 0
+    with open(os.path.join(workdir, "events.jsonl")) as f:
+        assert "format_fallback" in f.read()
+    assert any("stability/fallback_events" in line for line in _lines(workdir))
 
 
 def test_missing_data_dir_error_names_the_fix(tmp_path, cache_dir, monkeypatch):

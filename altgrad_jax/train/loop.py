@@ -38,6 +38,7 @@ from altgrad_jax import io as io_lib
 from altgrad_jax.models import EncoderClassifier, QuantPolicy
 from altgrad_jax.optim import make_optimizer
 from altgrad_jax.quant import PrecisionRules
+from altgrad_jax.train.losses import sigmoid_bce
 from altgrad_jax.train.metrics import multilabel_metrics, tune_threshold
 from altgrad_jax.train.state import TrainState
 from altgrad_jax.train.step import StepOptions, init_diag_state, make_eval_step, make_train_step
@@ -183,24 +184,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     logging.info("data: %s", json.dumps(io_lib.to_json_compatible(bundle.info))[:2000])
 
     # ------------------------------------------------------------------------ model, optimizer
-    policy = build_policy(config.quant)
-    format_fn = policy.weights.lookup
-    model = build_model(config, vocab_size=bundle.tokenizer.get_vocab_size(),
-                        num_labels=bundle.num_labels, policy=policy)
     num_steps = int(config.train.num_steps)
     if num_steps < 1:
         raise ValueError(f"train.num_steps must be >= 1, got {num_steps}")
-    tx, lr_schedule = build_optimizer(config, format_fn, num_steps)
+    policy = build_policy(config.quant)
+    fallback = None
+    fallback_path = os.path.join(workdir, "fallback.json")
+    if config.stability.fallback and policy.weights.default is not None:
+        fallback = diag_lib.FallbackController(
+            str(config.quant.weight_format),
+            stall_threshold=float(config.stability.fallback_stall_threshold),
+            window=int(config.diag.stall_window),
+            min_step=max(int(config.stability.fallback_min_step), 1))
+        if resuming and os.path.exists(fallback_path):  # rebuild the format the run had reached
+            with open(fallback_path) as f:
+                fallback.load_state_dict(json.load(f))
+            for ev in fallback.events:
+                policy = dataclasses.replace(policy, weights=diag_lib.apply_fallback_to_rules(
+                    policy.weights, ev.from_format, ev.to_format))
+    options = StepOptions(pos_weight=float(config.train.pos_weight),
+                          skip_nonfinite=bool(config.train.skip_nonfinite),
+                          flips=bool(config.diag.flips), log_every=int(config.train.log_every),
+                          num_steps=num_steps,
+                          grad_stats=bool(config.diag.grad_stats),
+                          quant_health=bool(config.diag.quant_health),
+                          dead_threshold=float(config.diag.dead_threshold))
+    grad_format = _none_if_off(config.quant.gradients)
+    vocab_size = bundle.tokenizer.get_vocab_size()
+
+    def build(policy):
+        """Model, optimizer and compiled steps for a policy (again after a format fallback)."""
+        model = build_model(config, vocab_size=vocab_size, num_labels=bundle.num_labels,
+                            policy=policy)
+        tx, lr_schedule = build_optimizer(config, policy.weights.lookup, num_steps)
+        train_step = make_train_step(model=model, tx=tx, format_fn=policy.weights.lookup,
+                                     lr_schedule=lr_schedule, grad_format=grad_format,
+                                     options=options)
+        return model, tx, train_step, make_eval_step(model, float(config.train.pos_weight))
+
+    model, tx, train_step, eval_step = build(policy)
     key = jax.random.key(int(config.train.seed))
     init_key, dropout_key = jax.random.split(key)
     dummy = jnp.zeros((1, config.data.max_length), jnp.int32)
     params = jax.jit(lambda k: model.init(k, dummy)["params"])(init_key)
-    options = StepOptions(pos_weight=float(config.train.pos_weight),
-                          skip_nonfinite=bool(config.train.skip_nonfinite),
-                          flips=bool(config.diag.flips), log_every=int(config.train.log_every),
-                          grad_stats=bool(config.diag.grad_stats),
-                          quant_health=bool(config.diag.quant_health),
-                          dead_threshold=float(config.diag.dead_threshold))
     state = TrainState.create(params=params, opt_state=tx.init(params), rng_key=dropout_key,
                               diag=init_diag_state(options, int(config.diag.stall_window)))
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
@@ -226,10 +252,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     writers = io_lib.make_writers(workdir, wandb_mode=config.log.wandb_mode,
                                   wandb_project=config.log.wandb_project, run_name=config.name,
                                   config=config_dict, resume_step=start_step if resuming else None)
-    grad_format = _none_if_off(config.quant.gradients)
-    train_step = make_train_step(model=model, tx=tx, format_fn=format_fn, lr_schedule=lr_schedule,
-                                 grad_format=grad_format, options=options)
-    eval_step = make_eval_step(model, float(config.train.pos_weight))
+    fp32_model = build_model(config, vocab_size=vocab_size, num_labels=bundle.num_labels,
+                             policy=QuantPolicy())
+
+    def build_shadow(model):
+        """FP32 shadow: the same batch through an unquantized copy of the model."""
+        if int(config.diag.shadow_every) <= 0:
+            return None
+
+        def loss(m):
+            return lambda p, b: sigmoid_bce(m.apply({"params": p}, b["input_ids"]), b["labels"],
+                                            pos_weight=float(config.train.pos_weight))
+        return diag_lib.make_fp32_shadow_fn(loss(model), loss(fp32_model))
+
+    shadow_fn = build_shadow(model)
     rank_fn = (diag_lib.make_rank_health_fn(exclude=config.diag.rank_exclude or None)
                if int(config.diag.rank_every) > 0 else None)
     status = "completed"
@@ -286,6 +322,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
                 first_bad = int(state.first_nonfinite_step)
                 if first_bad >= 0:
                     ckpt.save_anomaly(step, state, extra=make_extra(train_time))
+                event = None if fallback is None else fallback.check(
+                    step, nan_stop=streak >= int(config.train.nan_patience),
+                    windowed_stall=host.get("diag/windowed_stall_ratio", 0.0))
+                if event is not None:
+                    # Switch format: new rules, model, optimizer state, counters and windows.
+                    policy = dataclasses.replace(policy, weights=diag_lib.apply_fallback_to_rules(
+                        policy.weights, event.from_format, event.to_format))
+                    model, tx, train_step, eval_step = build(policy)
+                    shadow_fn = build_shadow(model)
+                    state = state.replace(
+                        opt_state=tx.init(state.params), diag=init_diag_state(
+                            options, int(config.diag.stall_window)),
+                        nonfinite_streak=jnp.zeros((), jnp.int32))
+                    record = {"type": "format_fallback", **event.to_dict()}
+                    _append_event(workdir, record)
+                    _write_json(fallback_path, fallback.state_dict())
+                    writers.write(step, {"stability/fallback_events": float(len(fallback.events))})
+                    logging.warning("format fallback at step %d: %s", step, record)
+                    streak = 0
                 if streak >= int(config.train.nan_patience):
                     status = "diverged"
                     raise TrainingDiverged(
@@ -301,6 +356,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
                     _append_event(workdir, {"type": "rank_warning", **w})
                 rank["rank/warnings"] = float(len(warnings_))
                 writers.write(step, rank)
+
+            if shadow_fn is not None and step % int(config.diag.shadow_every) == 0:
+                shadow = jax.device_get(shadow_fn(state.params, batch))
+                writers.write(step, {k: float(v) for k, v in shadow.items()})
 
             if eval_every > 0 and step % eval_every == 0 and step < num_steps:
                 ev, _ = _evaluate(eval_step, state.params, bundle.validation,
@@ -320,7 +379,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     except TrainingDiverged as e:
         report = os.path.join(workdir, "failure_report.md")
         diag_lib.write_failure_report(
-            report, format_name=str(config.quant.weight_format), step=step, reason=str(e),
+            report, format_name=str(fallback.current if fallback is not None
+                                    else config.quant.weight_format), step=step, reason=str(e),
             last_metrics=last_metrics, config_dict=config_dict,
             worst_layers=diag_lib.worst_layers(last_metrics, "diag/stall_ratio/"))
         ckpt.save(step, state, extra=make_extra(train_time), force=True)
@@ -362,6 +422,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
         "steps_per_s": (step / train_time) if train_time > 0 else None,
         "samples_per_s": (step * batch_size / train_time) if train_time > 0 else None,
         "steps_this_run": steps_done,
+        "fallback_events": [] if fallback is None else [e.to_dict() for e in fallback.events],
         "data_info": bundle.info,
     })
     _write_json(os.path.join(workdir, "results.json"), results)

@@ -31,9 +31,12 @@ class StepOptions:
     Attributes:
       pos_weight: BCE positive-class weight.
       skip_nonfinite: a step whose loss is not finite leaves params and optimizer state unchanged.
-      flips: compute flips / updates / stall ratios (per layer and total) every step.
+      flips: the sliding-window stall ratio every step (from the optimizer's flip counts) and the
+        per-layer flips / updates / stall ratios / below-half-step fractions at log steps.
       log_every: the step computes the log-time diagnostics (gradient statistics, quantization
-        health) only when ``(step + 1) % log_every == 0`` (inside a ``lax.cond``).
+        health) only when ``(step + 1) % log_every == 0`` or at the last step ``num_steps``
+        (inside a ``lax.cond``), i.e. exactly at the steps the loop logs.
+      num_steps: the run's last step (0 = unknown).
       grad_stats: include gradient statistics at log steps.
       quant_health: include quantization health at log steps.
       dead_threshold: |g| below this counts as a dead gradient.
@@ -43,6 +46,7 @@ class StepOptions:
     skip_nonfinite: bool = True
     flips: bool = True
     log_every: int = 50
+    num_steps: int = 0
     grad_stats: bool = True
     quant_health: bool = True
     dead_threshold: float = 1e-8
@@ -58,8 +62,12 @@ def init_diag_state(options: StepOptions, stall_window: int) -> dict:
     return out
 
 
-def _log_time_diagnostics(params, grads, format_fn, grad_format, options: StepOptions) -> dict:
+def _log_time_diagnostics(params, new_params, grads, updates, format_fn, grad_format,
+                          options: StepOptions) -> dict:
     out = {}
+    if options.flips:
+        out.update(diag_lib.flip_stats(params, new_params, grads, format_fn))
+        out.update(diag_lib.below_half_step_fraction(params, updates, format_fn))
     if options.grad_stats:
         out.update(diag_lib.gradient_stats(grads, dead_threshold=options.dead_threshold))
     if options.quant_health:
@@ -100,15 +108,15 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
     if lr_schedule is not None:
         metrics["train/lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
     metrics.update(optim_lib.metrics(new_opt_state))
+    metrics.update(diag_lib.clip_metrics(new_opt_state))
 
     diag = state.diag
     if options.flips:
-        flips = diag_lib.flip_stats(state.params, new_params, grads, format_fn)
-        stall = diag_lib.update_stall_window(diag["stall"], flips["diag/flips"],
-                                             flips["diag/updates"])
-        flips["diag/stall_ratio_window"] = diag_lib.windowed_stall_ratio(stall)
-        flips.update(diag_lib.below_half_step_fraction(state.params, updates, format_fn))
-        metrics.update(flips)
+        # Totals come from the optimizer's own diagnostics (computed every step anyway); the
+        # per-layer breakdown is computed only at log steps (below), so nothing is done twice.
+        stall = diag_lib.update_stall_window(diag["stall"], metrics["optim/flips"],
+                                             metrics["optim/updates"])
+        metrics["diag/windowed_stall_ratio"] = diag_lib.windowed_stall_ratio(stall)
         diag = {**diag, "stall": stall}
 
     if options.grad_stats:  # dead-gradient fraction every step, into a sliding window
@@ -117,16 +125,18 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
                      for g in leaves)
         dead = diag_lib.update_dead_window(diag["dead"],
                                            n_dead / float(sum(g.size for g in leaves)))
-        metrics["grad/dead_frac_window"] = diag_lib.windowed_dead_fraction(dead)
+        metrics["grad/windowed_dead_frac"] = diag_lib.windowed_dead_fraction(dead)
         diag = {**diag, "dead": dead}
 
-    if options.grad_stats or options.quant_health:
+    if options.flips or options.grad_stats or options.quant_health:
         heavy = functools.partial(_log_time_diagnostics, format_fn=format_fn,
                                   grad_format=grad_format, options=options)
-        shapes = jax.eval_shape(heavy, state.params, grads)
+        args = (state.params, new_params, grads, updates)
+        shapes = jax.eval_shape(heavy, *args)
         zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)  # noqa: E731
-        is_log_step = (state.step + 1) % options.log_every == 0
-        metrics.update(jax.lax.cond(is_log_step, lambda: heavy(state.params, grads), zeros))
+        is_log_step = (((state.step + 1) % options.log_every == 0)
+                       | (state.step + 1 == options.num_steps))
+        metrics.update(jax.lax.cond(is_log_step, lambda: heavy(*args), zeros))
 
     streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
     first = jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
