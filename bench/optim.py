@@ -1,9 +1,12 @@
 """Benchmark: one jitted optimizer update on ~10M parameters, as ratios to optax.adamw.
 
-Run: ``python bench/optim.py [--params-m 10] [--repeats 15]``. Prints the median wall time of
-one ``update`` + ``apply_updates`` per optimizer and its ratio to ``optax.adamw`` measured in the
-same process. Diagnostics (flips, bit position, stiffness stats) are included, as in training.
-Target: every manifold_adamw mode within 1.3x of optax.adamw.
+Run: ``python bench/optim.py [--params-m 10] [--repeats 15] [--donate]``. Prints the median wall
+time of one ``update`` + ``apply_updates`` per optimizer and its ratio to ``optax.adamw`` measured
+in the same process, the optimizers timed round-robin (one step of each per round) so that load
+from other processes hits all of them alike. Diagnostics (flips, bit position, stiffness stats)
+are included, as in training. ``--donate`` donates params and state to the jitted step as the
+training step does (outputs are then written in place; without it every output is a fresh buffer,
+whose page faults dominate on CPU). Target: every manifold_adamw mode within 1.3x of optax.adamw.
 """
 
 from __future__ import annotations
@@ -29,29 +32,34 @@ def _params(total_m: float):
             for i, (k, r) in enumerate(zip(keys, rows))}
 
 
-def _time(tx, params, grads, repeats):
+def _timer(tx, params, grads, donate):
     state = tx.init(params)
 
-    @jax.jit
     def step(p, s, g):
         u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s
 
-    p, s = step(params, state, grads)
-    jax.block_until_ready(p)
+    step = jax.jit(step, donate_argnums=(0, 1) if donate else ())
+    carry = step(jax.tree.map(jnp.copy, params), state, grads)  # compile + warm up
+    jax.block_until_ready(carry)
     times = []
-    for _ in range(repeats):
+
+    def once():
+        nonlocal carry
         t0 = time.perf_counter()
-        p, s = step(p, s, grads)
-        jax.block_until_ready((p, s))
+        carry = step(*carry, grads)
+        jax.block_until_ready(carry)
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+
+    return once, times
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--params-m", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--donate", action="store_true", help="donate params and state (as training)")
+    ap.add_argument("--only", default="", help="comma-separated substrings of optimizer names")
     args = ap.parse_args()
     params = _params(args.params_m)
     n = sum(x.size for x in jax.tree.leaves(params))
@@ -68,13 +76,20 @@ def main():
         "grid_optimizer(stochastic)": grid_optimizer(1e-3, fmt),
         "grid_optimizer(nearest)": grid_optimizer(1e-3, fmt, rounding="nearest"),
     }
-    print(f"{n / 1e6:.1f}M params, {jax.devices()[0].platform}, median of {args.repeats}")
-    base = None
-    for name, tx in opts.items():
-        t = _time(tx, params, grads, args.repeats)
-        base = base or t
+    if args.only:
+        keep = args.only.split(",")
+        opts = {k: v for k, v in opts.items()
+                if k == "optax.adamw" or any(x in k for x in keep)}
+    print(f"{n / 1e6:.1f}M params, {jax.devices()[0].platform}, median of {args.repeats} "
+          f"round-robin rounds, donate={args.donate}")
+    timers = {name: _timer(tx, params, grads, args.donate) for name, tx in opts.items()}
+    for _ in range(args.repeats):
+        for once, _ in timers.values():
+            once()
+    base = float(np.median(timers["optax.adamw"][1]))
+    for name, (_, times) in timers.items():
+        t = float(np.median(times))
         print(f"{name:45s} {t * 1e3:8.2f} ms   {t / base:5.2f}x")
-
 
 if __name__ == "__main__":
     main()

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from altgrad_jax.optim import _util
-from altgrad_jax.quant import amax_scale, quantize, ulp
+from altgrad_jax.optim import _fast, _util
+from altgrad_jax.quant import amax_scale, exp2_int, quantize, ulp
 
 
 class GridDiagnosticsState(NamedTuple):
@@ -59,25 +59,56 @@ def stall_ratio(stalls: jax.Array, updates: jax.Array) -> jax.Array:
                      jnp.float32(0.0))
 
 
-def leaf_moves(g: jax.Array, w: jax.Array, u: jax.Array, fmt, *, pow2_scale: bool = False
-               ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Per-leaf (flips, updates, stalls, grid_steps) for one step; counts are int32 scalars."""
+def _leaf_parts(w: jax.Array, u: jax.Array, fmt, pow2_scale: bool):
+    """(w32, n32, flipped_fn, steps_fn) of one leaf; the functions are element-wise on slices."""
     w_new = (w + u.astype(w.dtype)).astype(w.dtype)  # what optax.apply_updates computes
     w32, n32 = w.astype(jnp.float32), w_new.astype(jnp.float32)
     if fmt is None:
-        flipped = n32 != w32
-        step = _util.dtype_ulp(w)
+        m, emin = int(jnp.finfo(w.dtype).nmant), int(jnp.finfo(w.dtype).minexp)
+
+        def flipped_fn(a, b):
+            return b != a
+
+        def steps_fn(a, b):
+            e = jnp.maximum(_util.floor_log2(a), emin)  # = _util.dtype_ulp(a in w.dtype)
+            return (b - a) / exp2_int(jnp.clip(e - m, -149, 127))
     else:
         s0 = amax_scale(w32, fmt, pow2=pow2_scale)
         s1 = amax_scale(n32, fmt, pow2=pow2_scale)
-        flipped = quantize(w32, fmt, s0) != quantize(n32, fmt, s1)
-        step = ulp(w32, fmt, s0)
+
+        def flipped_fn(a, b):
+            return quantize(a, fmt, s0) != quantize(b, fmt, s1)
+
+        def steps_fn(a, b):
+            return (b - a) / ulp(a, fmt, s0)
+    return w32, n32, flipped_fn, steps_fn
+
+
+def leaf_moves(g: jax.Array, w: jax.Array, u: jax.Array, fmt, *, pow2_scale: bool = False
+               ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Per-leaf (flips, updates, stalls, grid_steps) for one step; counts are int32 scalars.
+
+    Reference formulation (materialises the per-element arrays); `with_grid_diagnostics` computes
+    the same values with fused reductions.
+    """
+    w32, n32, flipped_fn, steps_fn = _leaf_parts(w, u, fmt, pow2_scale)
+    flipped = flipped_fn(w32, n32)
     updated = g != 0
-    grid_steps = (n32 - w32) / step
     flips = jnp.sum(flipped, dtype=jnp.int32)
     upd = jnp.sum(updated, dtype=jnp.int32)
     stalls = jnp.sum(updated & ~flipped, dtype=jnp.int32)
-    return flips, upd, stalls, grid_steps
+    return flips, upd, stalls, steps_fn(w32, n32)
+
+
+def _leaf_counts(g, w32, n32, flipped_fn):
+    """(flips, updates, stalls) in one fused pass (see `altgrad_jax.optim._fast`)."""
+
+    def masks(gi, a, b):
+        flipped = flipped_fn(a, b)
+        updated = gi != 0
+        return flipped, updated, updated & ~flipped
+
+    return _fast.fold_counts(masks, g, w32, n32)
 
 
 def with_grid_diagnostics(inner: optax.GradientTransformation, formats: _util.FormatsSpec = None,
@@ -144,16 +175,17 @@ def with_grid_diagnostics(inner: optax.GradientTransformation, formats: _util.Fo
                 if track_bit_position:
                     new_b.append(b_leaves[i])
                 continue
-            f, c, st, steps = leaf_moves(g, w, u, fmt, pow2_scale=pow2_scale)
+            w32, n32, flipped_fn, steps_fn = _leaf_parts(w, u, fmt, pow2_scale)
+            f, c, st = _leaf_counts(g, w32, n32, flipped_fn)
             flips, upd, stalls = flips + f, upd + c, stalls + st
-            abs_sum = abs_sum + jnp.sum(jnp.abs(steps))
+            abs_sum = abs_sum + _fast.fold_sum(lambda a, b: jnp.abs(steps_fn(a, b)), w32, n32)
             n += w.size
             if track_bit_position:
-                b = b_leaves[i] + steps
+                b = b_leaves[i] + steps_fn(w32, n32)
                 new_b.append(b)
                 pos_abs_sum = pos_abs_sum + jnp.sum(jnp.abs(b))
             else:
-                signed_sum = signed_sum + jnp.sum(steps)
+                signed_sum = signed_sum + _fast.fold_sum(steps_fn, w32, n32)
         denom = jnp.float32(max(n, 1))
         if track_bit_position:
             bit_position = jax.tree_util.tree_unflatten(treedef, new_b)
