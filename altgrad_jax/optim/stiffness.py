@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from altgrad_jax.optim import _util
+from altgrad_jax.optim import _fast, _util
 from altgrad_jax.quant import exp2_int
 
 
@@ -108,8 +108,9 @@ def scale_by_stiffness(mantissa_bits: int | None = None, formats: _util.FormatsS
                 continue
             s, clamped = stiffness(w, m, max_stiffness)
             out.append((g.astype(jnp.float32) * s).astype(g.dtype))
-            s_sum = s_sum + jnp.sum(s)
-            c_sum = c_sum + jnp.sum(clamped.astype(jnp.float32))
+            s_sum = s_sum + _fast.fold_sum(lambda a: stiffness(a, m, max_stiffness)[0], w)
+            c_sum = c_sum + _fast.fold_counts(
+                lambda a: (stiffness(a, m, max_stiffness)[1],), w)[0].astype(jnp.float32)
         denom = jnp.float32(max(n, 1))
         new_state = ScaleByStiffnessState(stiffness_mean=s_sum / denom,
                                           stiffness_clamped_frac=c_sum / denom)

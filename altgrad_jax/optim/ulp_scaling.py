@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from altgrad_jax.optim import _util
+from altgrad_jax.optim import _fast, _util
 from altgrad_jax.quant import amax_scale, ulp
 
 
@@ -87,9 +87,11 @@ def scale_by_ulp(formats: _util.FormatsSpec, *, pow2_scale: bool = False,
                 out.append(u if unformatted_scale == 1.0 else
                            (u.astype(jnp.float32) * unformatted_scale).astype(u.dtype))
                 continue
-            step = grid_spacing(w, fmt, pow2_scale=pow2_scale)
+            w32 = w.astype(jnp.float32)
+            s = amax_scale(w32, fmt, pow2=pow2_scale)
+            step = ulp(w32, fmt, s)  # = grid_spacing(w, fmt, pow2_scale=pow2_scale)
             out.append((u.astype(jnp.float32) * step).astype(u.dtype))
-            total = total + jnp.sum(step)
+            total = total + _fast.fold_sum(lambda a: ulp(a, fmt, s), w32)
             n += u.size
         mean = total / jnp.float32(max(n, 1))
         return jax.tree_util.tree_unflatten(treedef, out), ScaleByUlpState(ulp_mean=mean)
