@@ -118,7 +118,8 @@ def test_nan_patience_stops_with_a_report(tmp_path, cache_dir, monkeypatch):
 
 
 def test_format_fallback_on_stall(tmp_path, cache_dir):
-    """E7M0 weights with a tiny learning rate stall; the fallback switches to E5M2 and goes on."""
+    """E7M0 weights with a tiny learning rate stall; the fallback walks the chain E7M0 -> E5M2 ->
+    float32 (the run keeps stalling at lr 1e-7) and the run goes on to completion."""
     workdir = str(tmp_path / "fallback")
     cfg = _config(cache_dir=cache_dir, **{
         "quant.weight_format": "E7M0", "optimizer.learning_rate": 1e-7,
@@ -128,9 +129,10 @@ def test_format_fallback_on_stall(tmp_path, cache_dir):
     results = loop_lib.train_and_evaluate(cfg, workdir)
     assert results["status"] == "completed"
     events = results["fallback_events"]
-    assert len(events) == 1 and events[0]["from_format"] == "E7M0"
-    assert events[0]["to_format"] == "E5M2" and events[0]["reason"] == "stall"
-    assert events[0]["step"] >= 2  # never at step 0
+    assert [(e["from_format"], e["to_format"]) for e in events] == [("E7M0", "E5M2"),
+                                                                     ("E5M2", None)]
+    assert all(e["reason"] == "stall" for e in events)
+    assert 2 <= events[0]["step"] < events[1]["step"]  # never at step 0; a full window each
     with open(os.path.join(workdir, "events.jsonl")) as f:
         assert "format_fallback" in f.read()
     assert any("stability/fallback_events" in line for line in _lines(workdir))
