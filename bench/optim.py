@@ -11,6 +11,14 @@ whose page faults dominate on CPU). Target: every manifold_adamw mode within 1.3
 
 from __future__ import annotations
 
+
+import os as _os
+import sys as _sys
+
+_ROOT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _ROOT not in _sys.path:  # run as `python bench/<name>.py` from anywhere, no install needed
+    _sys.path.insert(0, _ROOT)
+
 import argparse
 import time
 

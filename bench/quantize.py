@@ -12,6 +12,14 @@ ratio to the native ``clip -> astype(float8_e5m2) -> astype(float32)`` round tri
 
 from __future__ import annotations
 
+
+import os as _os
+import sys as _sys
+
+_ROOT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _ROOT not in _sys.path:  # run as `python bench/<name>.py` from anywhere, no install needed
+    _sys.path.insert(0, _ROOT)
+
 import argparse
 import os
 import statistics

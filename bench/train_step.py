@@ -8,6 +8,14 @@ Target on CPU: a quantized step within 1.15x of the unquantized step. Diagnostic
 ``--with-diag`` measures the step as the training loop runs it.
 """
 
+import os as _os
+import sys as _sys
+
+_ROOT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _ROOT not in _sys.path:  # run as `python bench/<name>.py` from anywhere, no install needed
+    _sys.path.insert(0, _ROOT)
+
+
 import argparse
 import statistics
 import time
