@@ -155,7 +155,8 @@ def test_launch_rejects_a_misspelt_field(tmp_path):
 
 
 def test_train_step_does_not_recompile(cache_dir, tmp_path):
-    """The jitted step compiles once: a second call with the same shapes hits the cache."""
+    """The jitted step compiles once (a second call with the same shapes hits the cache), and the
+    SVDs of rank health are not in its compiled program."""
     from altgrad_jax import data as data_lib
     from altgrad_jax.train.state import TrainState
 
@@ -176,3 +177,12 @@ def test_train_step_does_not_recompile(cache_dir, tmp_path):
         state, metrics = fn(state, {k: jnp.asarray(v) for k, v in next(it).items()})
     assert fn._cache_size() == 1
     assert int(state.step) == 3 and np.isfinite(float(metrics["train/loss"]))
+
+    # Rank health (SVDs) stays off the hot path: the step's program has no SVD, the rank
+    # function's program has one (positive control for the pattern).
+    from altgrad_jax import diagnostics as diag_lib
+    batch = {k: jnp.asarray(v) for k, v in next(it).items()}
+    step_hlo = fn.lower(state, batch).as_text().lower()
+    rank_hlo = diag_lib.make_rank_health_fn().lower(state.params).as_text().lower()
+    assert "svd" in rank_hlo or "gesdd" in rank_hlo
+    assert "svd" not in step_hlo and "gesdd" not in step_hlo
