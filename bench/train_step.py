@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from altgrad_jax.models import EncoderClassifier
 from altgrad_jax.train import loop as loop_lib
 from altgrad_jax.train.state import TrainState
 from altgrad_jax.train.step import StepOptions, init_diag_state, make_train_step

@@ -60,7 +60,7 @@ def test_ulp_docstring_example_and_scalar_scale():
 def _ref_spacing_table(fmt):
     """Sorted distinct magnitudes of the codes 0 .. max+1, *not* stopping at the specials: the
     value one code above max continues the top binade (ieee inf, fn NaN, or the next binade)."""
-    e, m, b = fmt.exponent_bits, fmt.mantissa_bits, fmt.bias
+    m, b = fmt.mantissa_bits, fmt.bias
     vals = set()
     for mag in range(fmt.max_code_magnitude + 2):
         ef, mf = mag >> m, mag & ((1 << m) - 1)
