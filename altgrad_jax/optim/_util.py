@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from altgrad_jax.formats import FloatFormat, get_format
+from altgrad_jax.formats import FloatFormat
 from altgrad_jax.formats.codec import _c, _shr, float32_bits
-from altgrad_jax.quant import PrecisionRules, exp2_int, path_to_str
+from altgrad_jax.quant import PrecisionRules, exp2_int, format_or_none, path_to_str
 
 FormatsSpec = Any  # None | FloatFormat | str | PrecisionRules | Callable[[str], ...] | pytree
 
@@ -30,10 +30,8 @@ def _as_format(value: Any, where: str) -> FloatFormat | None:
     if value is None:
         return None
     if isinstance(value, (FloatFormat, str)):
-        if isinstance(value, str) and value.strip().lower() in ("", "none", "fp32", "float32"):
-            return None
         try:
-            return get_format(value)
+            return format_or_none(value)
         except ValueError as e:
             raise ValueError(f"formats: {where}: {e}") from e
     raise ValueError(f"formats: {where}: expected a FloatFormat, a format name or None, got "

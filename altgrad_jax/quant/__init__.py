@@ -2,7 +2,8 @@
 
 from altgrad_jax.quant.dot_general import QuantizedDotGeneral, quantize_amax
 from altgrad_jax.quant.quantize import IMPLEMENTATIONS, ROUNDING_MODES, STE_MODES, quantize
-from altgrad_jax.quant.rules import PrecisionRules, format_fn, format_tree, path_to_str
+from altgrad_jax.quant.rules import (PrecisionRules, format_fn, format_or_none, format_tree,
+                                     path_to_str)
 from altgrad_jax.quant.scaling import (DelayedScalingState, amax_scale, delayed_scale,
                                        init_delayed_scaling, scale_from_amax,
                                        update_delayed_scaling)
@@ -13,5 +14,5 @@ __all__ = [
     "quantize", "ROUNDING_MODES", "STE_MODES", "IMPLEMENTATIONS", "ulp", "exp2_int",
     "amax_scale", "scale_from_amax", "DelayedScalingState", "init_delayed_scaling",
     "delayed_scale", "update_delayed_scaling", "quantization_stats", "QuantizedDotGeneral",
-    "quantize_amax", "PrecisionRules", "format_fn", "format_tree", "path_to_str",
+    "quantize_amax", "PrecisionRules", "format_fn", "format_or_none", "format_tree", "path_to_str",
 ]

@@ -21,7 +21,9 @@ import jax
 from altgrad_jax.formats import FloatFormat, get_format
 
 
-def _as_format(value: FloatFormat | str | None) -> FloatFormat | None:
+def format_or_none(value: FloatFormat | str | None) -> FloatFormat | None:
+    """A format from a name / `FloatFormat`; None for None, ``""``, ``"none"``, ``"fp32"``,
+    ``"float32"`` (not quantized). Unknown names raise ValueError listing the valid ones."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "fp32",
                                                                                "float32")):
         return None
@@ -61,10 +63,10 @@ class PrecisionRules:
             except re.error as e:
                 raise ValueError(f"precision rule #{i}: invalid regex {pattern!r}: {e}") from e
             try:
-                parsed.append((pattern, _as_format(value)))
+                parsed.append((pattern, format_or_none(value)))
             except ValueError as e:
                 raise ValueError(f"precision rule #{i} ({pattern!r}): {e}") from e
-        return cls(rules=tuple(parsed), default=_as_format(default))
+        return cls(rules=tuple(parsed), default=format_or_none(default))
 
     def lookup(self, path: str) -> FloatFormat | None:
         """The format for a parameter path (first matching rule, else the default)."""

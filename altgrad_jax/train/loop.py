@@ -37,7 +37,7 @@ from altgrad_jax import diagnostics as diag_lib
 from altgrad_jax import io as io_lib
 from altgrad_jax.models import EncoderClassifier, QuantPolicy
 from altgrad_jax.optim import make_optimizer
-from altgrad_jax.quant import PrecisionRules
+from altgrad_jax.quant import PrecisionRules, format_or_none
 from altgrad_jax.train.losses import sigmoid_bce
 from altgrad_jax.train.metrics import multilabel_metrics, tune_threshold
 from altgrad_jax.train.state import TrainState
@@ -52,20 +52,17 @@ class TrainingDiverged(RuntimeError):
     """Raised (and reported without a traceback by launch.py) when NaN patience runs out."""
 
 
-def _none_if_off(value):
-    if value is None:
-        return None
-    if isinstance(value, str) and value.strip().lower() in ("", "none", "fp32", "float32"):
-        return None
-    return value
+def _activations(value):
+    """``config.quant.activations``: "same" passes through, else a format or None."""
+    return value if value == "same" else format_or_none(value)
 
 
 def build_policy(qcfg: ml_collections.ConfigDict) -> QuantPolicy:
     """The model's `QuantPolicy` from ``config.quant`` (rules + default weight format)."""
     rules = PrecisionRules.create([tuple(r) for r in qcfg.rules],
-                                  default=_none_if_off(qcfg.weight_format))
-    return QuantPolicy(weights=rules, activations=_none_if_off(qcfg.activations),
-                       gradients=_none_if_off(qcfg.gradients), margin=float(qcfg.margin))
+                                  default=format_or_none(qcfg.weight_format))
+    return QuantPolicy(weights=rules, activations=_activations(qcfg.activations),
+                       gradients=format_or_none(qcfg.gradients), margin=float(qcfg.margin))
 
 
 def build_model(config: ml_collections.ConfigDict, *, vocab_size: int, num_labels: int,
@@ -123,6 +120,13 @@ def _check_config_unchanged(path: str, config_dict: dict) -> None:
             "original values.")
 
 
+def _score(probs: np.ndarray, dataset, prefix: str,
+           threshold: float | np.ndarray = 0.5) -> dict:
+    """Classification metrics of already computed probabilities (no model call)."""
+    m = multilabel_metrics(probs, np.asarray(dataset.labels), threshold=threshold)
+    return {f"{prefix}/{k}": float(v) for k, v in m.items()}
+
+
 def _evaluate(eval_step, params, dataset, batch_size: int, prefix: str,
               threshold: float | np.ndarray = 0.5) -> tuple[dict, np.ndarray]:
     probs, losses, n = [], 0.0, 0
@@ -135,9 +139,7 @@ def _evaluate(eval_step, params, dataset, batch_size: int, prefix: str,
         n += int(real.sum())
     elapsed = time.perf_counter() - t0
     probs_np = np.concatenate(probs, axis=0)
-    labels = np.asarray(dataset.labels)[: len(probs_np)]
-    m = multilabel_metrics(probs_np, labels, threshold=threshold)
-    out = {f"{prefix}/{k}": float(v) for k, v in m.items()}
+    out = _score(probs_np, dataset, prefix, threshold)
     out[f"{prefix}/loss"] = losses / max(n, 1)
     out[f"{prefix}/samples_per_s"] = n / max(elapsed, 1e-9)
     return out, probs_np
@@ -209,7 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
                           grad_stats=bool(config.diag.grad_stats),
                           quant_health=bool(config.diag.quant_health),
                           dead_threshold=float(config.diag.dead_threshold))
-    grad_format = _none_if_off(config.quant.gradients)
+    grad_format = format_or_none(config.quant.gradients)
     vocab_size = bundle.tokenizer.get_vocab_size()
 
     def build(policy):
@@ -396,21 +398,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
                      "dataset": bundle.info.get("dataset"), "workdir": workdir}
     if status == "completed":
         ckpt.save(step, state, extra=make_extra(train_time), force=True)
-        val, _ = _evaluate(eval_step, state.params, bundle.validation,
-                           int(config.train.eval_batch_size), "eval")
+        eval_bs = int(config.train.eval_batch_size)
+        val, val_probs = _evaluate(eval_step, state.params, bundle.validation, eval_bs, "eval")
         writers.write(step, val)
         ckpt.save_best(step, state, make_extra(train_time), val["eval/micro_f1"])
         best = ckpt.restore_best(state)
         best_step, best_params = (best[0], best[1].params) if best else (step, state.params)
-        best_val, val_probs = _evaluate(eval_step, best_params, bundle.validation,
-                                        int(config.train.eval_batch_size), "eval")
-        test, _ = _evaluate(eval_step, best_params, bundle.test,
-                            int(config.train.eval_batch_size), "test")
+        best_val = val
+        if best_step != step:  # the final params were just evaluated; only an older best needs it
+            best_val, val_probs = _evaluate(eval_step, best_params, bundle.validation, eval_bs,
+                                            "eval")
+        test, test_probs = _evaluate(eval_step, best_params, bundle.test, eval_bs, "test")
         results.update({"best_step": best_step, "validation": best_val, "test": test})
         if config.train.tune_threshold:
             thr, thr_f1 = tune_threshold(val_probs, np.asarray(bundle.validation.labels))
-            tuned, _ = _evaluate(eval_step, best_params, bundle.test,
-                                 int(config.train.eval_batch_size), "test_tuned", threshold=thr)
+            # The threshold changes only the decisions: score the same test probabilities again.
+            tuned = _score(test_probs, bundle.test, "test_tuned", thr)
+            tuned["test_tuned/loss"] = test["test/loss"]
+            tuned["test_tuned/samples_per_s"] = test["test/samples_per_s"]
             results.update({"threshold": float(thr), "validation_tuned_micro_f1": float(thr_f1),
                             "test_tuned": tuned})
         final = {**{f"final/{k}": v for k, v in test.items()}}
