@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from altgrad_jax.formats import decode, encode, get_format, make_format
-from altgrad_jax.quant import amax_scale, quantize
+from altgrad_jax.quant import amax_scale, grid_key, quantize
 
 
 @jax.jit
@@ -270,3 +270,57 @@ def test_no_gradient_into_scale():
     g = jax.jit(jax.grad(lambda s: jnp.sum(quantize(jnp.arange(1.0, 5.0), "E4M3", s))))(
         jnp.float32(0.5))
     assert float(g) == 0.0
+
+
+# ------------------------------------------------------------------------------------ grid keys
+_KEY_FORMATS = [n for n in __import__("altgrad_jax").formats.format_names()
+                if get_format(n).min_subnormal > 2.0 ** -126]
+_key = jax.jit(lambda x, fmt, scale: grid_key(x, fmt, scale), static_argnums=1)
+
+
+@pytest.mark.parametrize("name", _KEY_FORMATS)
+@pytest.mark.parametrize("scale", [1.0, 0.37])
+def test_grid_key_changes_exactly_where_quantize_does(name, scale):
+    """Every grid point, every midpoint (a tie) and their float32 neighbours, plus a random
+    sample, sorted: the key is monotone and changes between neighbours exactly where the
+    quantized value changes; so equal keys <=> equal quantized values (the flip test)."""
+    fmt = get_format(name)
+    g = fmt.grid().astype(np.float64)
+    mids = (g[:-1] + g[1:]) / 2  # exact in float64
+    pts = np.concatenate([g, mids, [fmt.max * 2.0, 1e30, -1e30, 0.0]]).astype(np.float32)
+    pts = pts * np.float32(scale)
+    near = np.concatenate([np.nextafter(pts, np.float32(np.inf)),
+                           np.nextafter(pts, np.float32(-np.inf))])
+    x = np.concatenate([pts, near, _sample(7, fmt) * np.float32(scale)]).astype(np.float32)
+    x = np.sort(x[np.isfinite(x)])
+    k = np.asarray(_key(x, fmt, scale)).astype(np.int64)
+    q = np.asarray(_q(x, fmt, scale))
+    assert np.all(np.diff(k) >= 0), "grid_key is not monotone"
+    np.testing.assert_array_equal(np.diff(k) != 0, q[1:] != q[:-1])
+
+
+def test_grid_key_specials():
+    fmt = get_format("E4M3")
+    k = np.asarray(_key(np.array([np.inf, -np.inf, np.nan, 448.0, 1e6, -0.0, 0.0], np.float32),
+                        fmt, 1.0))
+    assert k[0] > k[3] == k[4] and k[1] == -k[0]  # inf beyond the saturated max
+    assert k[2] == np.iinfo(np.int32).min
+    assert k[5] == k[6] == 0
+    with pytest.raises(ValueError, match="subnormals below 2\\^-126"):
+        grid_key(jnp.ones(2), "BF16")
+
+
+@pytest.mark.parametrize("scale", [0.37, 3.3e-3, 1.7])
+def test_scaled_quantize_divides_exactly_like_numpy(scale):
+    """quantize(x, s) == s * cast(x / s) with NumPy's IEEE division: XLA must not turn the
+    division into a multiplication by 1/s (which moves rounding boundaries by one float32 ulp)."""
+    import ml_dtypes
+
+    x = (np.random.default_rng(3).standard_normal(1 << 17) * 100 * scale).astype(np.float32)
+    s = np.float32(scale)
+    y = np.clip(x / s, -448, 448)
+    ref = y.astype(ml_dtypes.float8_e4m3fn).astype(np.float32) * s
+    np.testing.assert_array_equal(np.asarray(_q(x, get_format("float8_e4m3fn"), scale)), ref)
+    ref_key = np.asarray(_key(x, get_format("float8_e4m3fn"), scale))
+    same = ref[1:] == ref[:-1]
+    np.testing.assert_array_equal(ref_key[1:] == ref_key[:-1], same)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from altgrad_jax.optim import _fast, _util
-from altgrad_jax.quant import amax_scale, exp2_int, quantize, ulp
+from altgrad_jax.quant import amax_scale, exp2_int, grid_key, quantize, ulp
 
 
 class GridDiagnosticsState(NamedTuple):
@@ -80,9 +80,13 @@ def _leaf_parts(w: jax.Array, u: jax.Array, fmt, pow2_scale: bool):
             return (b - a) / exp2_int(jnp.clip(e - m, -149, 127))
     else:
         s0 = amax_scale(w32, fmt, pow2=pow2_scale)
-
-        def flipped_fn(a, b):  # one scale for both sides: see "flips" in the module docstring
-            return quantize(a, fmt, s0) != quantize(b, fmt, s0)
+        if fmt.min_subnormal > 2.0 ** -126:
+            def flipped_fn(a, b):  # one scale for both sides: see "flips" in the module docstring
+                # == (quantize(a, fmt, s0) != quantize(b, fmt, s0)), without decoding
+                return (grid_key(a, fmt, s0) != grid_key(b, fmt, s0)) | (a != a) | (b != b)
+        else:
+            def flipped_fn(a, b):
+                return quantize(a, fmt, s0) != quantize(b, fmt, s0)
 
         def steps_fn(a, b):
             return (b - a) / ulp(a, fmt, s0)

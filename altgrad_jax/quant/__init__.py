@@ -1,18 +1,19 @@
 """Fake quantization onto ExMy grids: rounding, ULPs, scaling, a quantizing dot_general, rules."""
 
 from altgrad_jax.quant.dot_general import QuantizedDotGeneral, quantize_amax
-from altgrad_jax.quant.quantize import IMPLEMENTATIONS, ROUNDING_MODES, STE_MODES, quantize
+from altgrad_jax.quant.quantize import (IMPLEMENTATIONS, ROUNDING_MODES, STE_MODES, grid_key,
+                                        quantize)
 from altgrad_jax.quant.rules import (PrecisionRules, format_fn, format_or_none, format_tree,
                                      path_to_str)
-from altgrad_jax.quant.scaling import (DelayedScalingState, amax_scale, delayed_scale,
+from altgrad_jax.quant.scaling import (DelayedScalingState, abs_max, amax_scale, delayed_scale,
                                        init_delayed_scaling, scale_from_amax,
                                        update_delayed_scaling)
 from altgrad_jax.quant.stats import quantization_stats
 from altgrad_jax.quant.ulp import exp2_int, ulp
 
 __all__ = [
-    "quantize", "ROUNDING_MODES", "STE_MODES", "IMPLEMENTATIONS", "ulp", "exp2_int",
-    "amax_scale", "scale_from_amax", "DelayedScalingState", "init_delayed_scaling",
+    "quantize", "grid_key", "ROUNDING_MODES", "STE_MODES", "IMPLEMENTATIONS", "ulp", "exp2_int",
+    "amax_scale", "abs_max", "scale_from_amax", "DelayedScalingState", "init_delayed_scaling",
     "delayed_scale", "update_delayed_scaling", "quantization_stats", "QuantizedDotGeneral",
     "quantize_amax", "PrecisionRules", "format_fn", "format_or_none", "format_tree", "path_to_str",
 ]

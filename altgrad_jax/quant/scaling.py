@@ -70,8 +70,20 @@ def amax_scale(x: jax.Array, fmt: FloatFormat | str, *, margin: float = 0.0,
       2.0
     """
     x = jnp.asarray(x)
-    amax = jnp.max(jnp.abs(x)).astype(jnp.float32) if x.size else jnp.float32(0.0)
-    return scale_from_amax(jax.lax.stop_gradient(amax), fmt, margin=margin, pow2=pow2)
+    return scale_from_amax(jax.lax.stop_gradient(abs_max(x)), fmt, margin=margin, pow2=pow2)
+
+
+def abs_max(x: jax.Array) -> jax.Array:
+    """float32 ``max|x|`` (0 for an empty array; NaN if ``x`` holds a NaN).
+
+    Computed as ``max(max(x), -min(x))``: two plain reductions of ``x`` itself. (``max(abs(x))`` is
+    the same number, but XLA on CPU may write ``abs(x)`` to a full-size temporary first, which on
+    large tensors costs more than both reductions.)
+    """
+    x = jnp.asarray(x)
+    if x.size == 0:
+        return jnp.float32(0.0)
+    return jnp.maximum(jnp.max(x), -jnp.min(x)).astype(jnp.float32)
 
 
 class DelayedScalingState(NamedTuple):
@@ -106,6 +118,6 @@ def update_delayed_scaling(state: DelayedScalingState, x: jax.Array) -> DelayedS
       >>> s.amax_history.tolist()
       [5.0, 0.0, 0.0, 0.0]
     """
-    amax = jax.lax.stop_gradient(jnp.max(jnp.abs(x)).astype(jnp.float32))
+    amax = jax.lax.stop_gradient(abs_max(x))
     hist = jnp.roll(state.amax_history, 1).at[0].set(amax)
     return DelayedScalingState(amax_history=hist)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from altgrad_jax.formats import FloatFormat, get_format
 from altgrad_jax.formats.codec import _ABS_MASK, _c, _shl, _shr, bits_float32, float32_bits
+from altgrad_jax.quant.quantize import divide_by_scale
 
 
 def exp2_int(k: jax.Array) -> jax.Array:
@@ -46,7 +47,7 @@ def ulp(x: jax.Array, fmt: FloatFormat | str, scale: jax.Array | float = 1.0) ->
     fmt = get_format(fmt)
     x = jnp.asarray(x, jnp.float32)
     scale = jnp.asarray(scale, jnp.float32)
-    y_bits = float32_bits(jnp.abs(x) / scale) & _c(_ABS_MASK)
+    y_bits = float32_bits(divide_by_scale(jnp.abs(x), scale)) & _c(_ABS_MASK)
     e = _shr(y_bits, 23).astype(jnp.int32) - 127
     m = fmt.mantissa_bits
     emax = max(fmt.emax, fmt.emin)
