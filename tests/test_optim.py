@@ -413,6 +413,39 @@ def test_diagnostic_counts_and_metric_names():
     assert jnp.ndim(s2.bit_position) == 0
 
 
+@pytest.mark.parametrize("name", ["float8_e4m3fn", "float8_e5m2", "float8_e3m4"])
+def test_flip_and_update_counts_match_an_ml_dtypes_reference(name):
+    """Counts from the optimizer state == NumPy/ml_dtypes: Q(x) = cast(x / s0) with IEEE division
+    and s0 = max|w| / fmt.max of the weights before the step, on 2^16 random weights with updates
+    spread over 6 decades (many cross a rounding boundary, most do not)."""
+    import ml_dtypes
+
+    from altgrad_jax.optim import with_grid_diagnostics
+
+    fmt = get_format(name)
+    rng = np.random.default_rng(5)
+    n = 1 << 16
+    w = (rng.standard_normal(n) * 0.05).astype(np.float32)
+    u = (rng.standard_normal(n) * 10.0 ** rng.uniform(-8, -2, n)).astype(np.float32)
+    u[rng.random(n) < 0.2] = 0.0  # zero gradient: not an update (and no movement)
+    tx = with_grid_diagnostics(optax.sgd(1.0), fmt)
+    upd, st = jax.jit(tx.update)(jnp.asarray(-u), tx.init(jnp.asarray(w)), jnp.asarray(w))
+    new = np.asarray(optax.apply_updates(jnp.asarray(w), upd))
+    s0 = np.float32(np.max(np.abs(w))) / np.float32(fmt.max)
+
+    def q(x):
+        y = np.clip(x / s0, -fmt.max, fmt.max)
+        return y.astype(getattr(ml_dtypes, name)).astype(np.float32)
+
+    flipped = q(w) != q(new)
+    updated = u != 0
+    assert 0 < flipped.sum() < n // 2
+    assert int(st.flips) == int(flipped.sum())
+    assert int(st.updates) == int(updated.sum())
+    want_stall = (updated & ~flipped).sum() / updated.sum()
+    np.testing.assert_allclose(float(st.stall_ratio), want_stall, rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------- convergence
 def _quadratic(p):
     target = jnp.array([0.7, -1.3, 2.1, 0.45])
