@@ -367,3 +367,41 @@ def test_tiny_sweep_end_to_end(tmp_path):
     again = sweep.run_sweep(c, log=logs.append)
     assert again["skipped"] == ["E5M2__adamw__s0", "none__adamw__s0"] and not again["ran"]
     assert any("E5M2__adamw__s0: completed, skipped" in line for line in logs)
+
+
+def test_sweep_records_divergence_and_goes_on(tmp_path, monkeypatch):
+    """A diverging run is recorded, the next run still runs, and a rerun skips the diverged one
+    unless asked to retry (training is replaced by a fake that writes the run folder)."""
+    sys.path.insert(0, ROOT)
+    import sweep
+    from altgrad_jax.train import loop as loop_lib
+
+    calls = []
+
+    def fake_train(config, workdir):
+        calls.append(config.name)
+        os.makedirs(workdir, exist_ok=True)
+        diverge = config.quant.weight_format == "E7M0"
+        res = {"status": "diverged" if diverge else "completed", "step": 3,
+               "reason": "nan patience" if diverge else ""}
+        if not diverge:
+            res.update({"test": {"test/micro_f1": 0.5, "test/macro_f1": 0.4},
+                        "data_info": {"dataset": "synthetic"}})
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(res, f)
+        if diverge:
+            raise loop_lib.TrainingDiverged("20 consecutive non-finite losses")
+        return res
+
+    monkeypatch.setattr(loop_lib, "train_and_evaluate", fake_train)
+    c = _matrix(formats=("E7M0", "E5M2"), optimizers=("adamw",), seeds=(0,),
+                out_dir=str(tmp_path / "sweep"))
+    out = sweep.run_sweep(c, log=lambda s: None)
+    assert calls == ["E7M0__adamw__s0", "E5M2__adamw__s0"]
+    assert out["diverged"] == ["E7M0__adamw__s0"] and out["ran"] == ["E5M2__adamw__s0"]
+    assert "`E7M0__adamw__s0`: diverged at step 3: nan patience" in open(out["report"]).read()
+    assert sweep.run_sweep(c, log=lambda s: None)["skipped"] == [
+        "E7M0__adamw__s0", "E5M2__adamw__s0"]
+    again = sweep.run_sweep(c, only=("E7M0/adamw/0",), retry_diverged=True, log=lambda s: None)
+    assert again["diverged"] == ["E7M0__adamw__s0"] and calls[-1] == "E7M0__adamw__s0"
+    assert len(calls) == 3
