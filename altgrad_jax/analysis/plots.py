@@ -17,17 +17,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from altgrad_jax.analysis.results import axes_order
 from altgrad_jax.analysis.stats import cell_summaries
-
-
-def _axes_order(runs) -> tuple[list[str], list[str]]:
-    formats, optimizers = [], []
-    for r in runs:
-        if r.format not in formats:
-            formats.append(r.format)
-        if r.optimizer not in optimizers:
-            optimizers.append(r.optimizer)
-    return formats, optimizers
 
 
 def _save(fig: Figure, path: str) -> str:
@@ -44,7 +35,7 @@ def plot_metric_by_format(runs: Sequence, path: str, metric: str = "test/micro_f
     Cells with no finite value are left empty; a cell with one seed has no error bar.
     Returns ``path``.
     """
-    formats, optimizers = _axes_order(runs)
+    formats, optimizers = axes_order(runs)
     summ = cell_summaries(runs, metric)
     fig = Figure(figsize=(max(6.0, 0.9 * len(formats) * max(1, len(optimizers)) / 2 + 3), 4.2))
     ax = fig.add_subplot(1, 1, 1)
@@ -78,7 +69,7 @@ def plot_stall_by_format(runs: Sequence, path: str) -> str:
 
 def plot_learning_curves(runs: Sequence, path: str) -> str:
     """Train loss vs step: one panel per optimizer, a colour per format, a line per seed."""
-    formats, optimizers = _axes_order(runs)
+    formats, optimizers = axes_order(runs)
     n = max(1, len(optimizers))
     fig = Figure(figsize=(4.2 * n, 3.6))
     colors = {f: f"C{i % 10}" for i, f in enumerate(formats)}

@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 
 from altgrad_jax.analysis import plots as plots_lib
-from altgrad_jax.analysis.results import Run, load_sweep, read_plan
+from altgrad_jax.analysis.results import Run, axes_order, load_sweep, read_plan
 from altgrad_jax.analysis.stats import PairedDifference, cell_summaries, paired_differences
 
 DEFAULT_BASELINE = "adamw"
@@ -56,18 +56,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return out
 
 
-def _order(runs: Sequence[Run]) -> tuple[list[str], list[str]]:
-    formats, optimizers = [], []
-    for r in runs:
-        if r.format not in formats:
-            formats.append(r.format)
-        if r.optimizer not in optimizers:
-            optimizers.append(r.optimizer)
-    return formats, optimizers
-
-
 def _cell_table(runs: Sequence[Run], metric: str, digits: int = 4) -> list[str]:
-    formats, optimizers = _order(runs)
+    formats, optimizers = axes_order(runs)
     summ = cell_summaries(runs, metric)
     rows = []
     for f in formats:
@@ -139,7 +129,7 @@ def write_report(sweep_dir: str, *, baseline: str | None = None, plots: bool = T
     plan = read_plan(sweep_dir) or {}
     matrix = plan.get("matrix") or {}
     baseline = baseline or matrix.get("baseline") or DEFAULT_BASELINE
-    formats, optimizers = _order(runs)
+    formats, optimizers = axes_order(runs)
     by_status: dict[str, list[Run]] = {}
     for r in runs:
         by_status.setdefault(r.status, []).append(r)

@@ -234,3 +234,14 @@ def to_rows(runs: list[Run]) -> list[dict]:
     """The runs as flat dicts (one per run): cell, status, step, dataset and every value."""
     return [{"name": r.name, "format": r.format, "optimizer": r.optimizer, "seed": r.seed,
              "status": r.status, "step": r.step, "dataset": r.dataset, **r.values} for r in runs]
+
+
+def axes_order(runs) -> tuple[list[str], list[str]]:
+    """(formats, optimizers) in order of first appearance among ``runs`` (the plan's order)."""
+    formats, optimizers = [], []
+    for r in runs:
+        if r.format not in formats:
+            formats.append(r.format)
+        if r.optimizer not in optimizers:
+            optimizers.append(r.optimizer)
+    return formats, optimizers
