@@ -47,6 +47,15 @@ def divide_by_scale(x: jax.Array, scale: jax.Array) -> jax.Array:
     return x / (scale + jnp.float32(0.0) * x)
 
 
+def _saturated_magnitude(abs_bits: jax.Array, fmt: FloatFormat,
+                         random_bits: jax.Array | None = None) -> jax.Array:
+    """float32 bits of ``|y|`` rounded onto fmt's grid and saturated at ``max`` (+-inf and finite
+    overflow alike); a NaN's magnitude comes out as ``max`` too (callers handle NaN)."""
+    finite = abs_bits < _c(_EXP_MASK)
+    r = round_magnitude_bits(jnp.where(finite, abs_bits, _c(0)), fmt, random_bits)
+    return jnp.where(finite, jnp.minimum(r, _c(fmt.max_bits)), _c(fmt.max_bits))
+
+
 def _round_to_grid(y: jax.Array, fmt: FloatFormat, random_bits: jax.Array | None) -> jax.Array:
     """float32 y -> float32 on fmt's unscaled grid, saturating (+-inf too); NaN passed through.
 
@@ -55,9 +64,7 @@ def _round_to_grid(y: jax.Array, fmt: FloatFormat, random_bits: jax.Array | None
     """
     bits = float32_bits(y)
     abs_bits = bits & _c(_ABS_MASK)
-    finite = abs_bits < _c(_EXP_MASK)
-    r = round_magnitude_bits(jnp.where(finite, abs_bits, _c(0)), fmt, random_bits)
-    r = jnp.where(finite, jnp.minimum(r, _c(fmt.max_bits)), _c(fmt.max_bits))
+    r = _saturated_magnitude(abs_bits, fmt, random_bits)
     sign = bits & _c(0x80000000)
     if fmt.nan_inf == "fnuz":  # no -0 in fnuz formats (as their ml_dtypes casts)
         sign = jnp.where(r == 0, _c(0), sign)
@@ -85,15 +92,13 @@ def grid_key(x: jax.Array, fmt: FloatFormat | str, scale: jax.Array | float = 1.
     if fmt.min_subnormal <= 2.0 ** -126:
         raise ValueError(f"grid_key does not support {fmt} (subnormals below 2^-126): use quantize")
     x = jnp.asarray(x, jnp.float32)
-    bits = float32_bits(divide_by_scale(x, jnp.asarray(scale, jnp.float32)))
-    abs_bits = bits & _c(_ABS_MASK)
-    finite = abs_bits < _c(_EXP_MASK)
-    r = round_magnitude_bits(jnp.where(finite, abs_bits, _c(0)), fmt)
-    r = jnp.where(finite, jnp.minimum(r, _c(fmt.max_bits)), _c(fmt.max_bits))  # saturate
-    x_abs = float32_bits(x) & _c(_ABS_MASK)
+    y_bits = float32_bits(divide_by_scale(x, jnp.asarray(scale, jnp.float32)))
+    r = _saturated_magnitude(y_bits & _c(_ABS_MASK), fmt)
+    x_bits = float32_bits(x)
+    x_abs = x_bits & _c(_ABS_MASK)
     r = jnp.where(x_abs < _c(_EXP_MASK), r, jnp.where(x_abs == _c(_EXP_MASK), _c(_EXP_MASK), _c(0)))
     key = r.astype(jnp.int32)
-    key = jnp.where(float32_bits(x) >= _c(0x80000000), -key, key)  # the sign of x (y may be NaN)
+    key = jnp.where(x_bits >= _c(0x80000000), -key, key)  # the sign of x (y may be NaN)
     return jnp.where(x_abs > _c(_EXP_MASK), jnp.int32(-(2 ** 31)), key)
 
 
