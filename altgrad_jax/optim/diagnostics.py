@@ -129,6 +129,18 @@ def _leaf_counts(g, w32, n32, flipped_fn):
     return _fast.fold_counts(masks, g, w32, n32)
 
 
+def finish_bit_position(track: bool, treedef: Any, new_leaves: list, pos_abs_sum: jax.Array,
+                        prev: Any, signed_sum: jax.Array, denom: jax.Array
+                        ) -> tuple[Any, jax.Array]:
+    """``(bit_position, bit_position_mean_abs)`` of the new state, shared by the diagnostics and
+    the grid optimizer: the per-leaf arrays and the mean ``|b|`` over elements (``track``), or the
+    scalar running mean ``prev + signed_sum / denom`` and its absolute value (a lower bound)."""
+    if track:
+        return jax.tree_util.tree_unflatten(treedef, new_leaves), pos_abs_sum / denom
+    bit_position = prev + signed_sum / denom
+    return bit_position, jnp.abs(bit_position)
+
+
 def with_grid_diagnostics(inner: optax.GradientTransformation, formats: _util.FormatsSpec = None,
                           *, track_bit_position: bool = True, pow2_scale: bool = False
                           ) -> optax.GradientTransformationExtraArgs:
@@ -205,12 +217,8 @@ def with_grid_diagnostics(inner: optax.GradientTransformation, formats: _util.Fo
             else:
                 signed_sum = signed_sum + _fast.fold_sum(steps_fn, w32, n32)
         denom = jnp.float32(max(n, 1))
-        if track_bit_position:
-            bit_position = jax.tree_util.tree_unflatten(treedef, new_b)
-            pos_mean_abs = pos_abs_sum / denom
-        else:
-            bit_position = state.bit_position + signed_sum / denom
-            pos_mean_abs = jnp.abs(bit_position)
+        bit_position, pos_mean_abs = finish_bit_position(
+            track_bit_position, treedef, new_b, pos_abs_sum, state.bit_position, signed_sum, denom)
         new_state = GridDiagnosticsState(
             inner_state=inner_state, flips=flips, updates=upd,
             stall_ratio=stall_ratio(stalls, upd), grid_steps_mean_abs=abs_sum / denom,

@@ -29,7 +29,7 @@ import optax
 
 from altgrad_jax.formats import FloatFormat, decode, encode
 from altgrad_jax.optim import _util
-from altgrad_jax.optim.diagnostics import stall_ratio
+from altgrad_jax.optim.diagnostics import finish_bit_position, stall_ratio
 from altgrad_jax.quant import amax_scale, quantize, ulp
 
 ROUNDINGS = ("stochastic", "nearest")
@@ -258,12 +258,8 @@ def grid_optimizer(learning_rate: Any, formats: _util.FormatsSpec, *, momentum: 
                 signed_sum = signed_sum + jnp.sum(rungs)
             out_v.append(v32.astype(v.dtype))
         denom = jnp.float32(max(n, 1))
-        if track_bit_position:
-            bp = jax.tree_util.tree_unflatten(treedef, out_b)
-            bp_abs = pos_abs_sum / denom
-        else:
-            bp = state.bit_position + signed_sum / denom
-            bp_abs = jnp.abs(bp)
+        bp, bp_abs = finish_bit_position(track_bit_position, treedef, out_b, pos_abs_sum,
+                                         state.bit_position, signed_sum, denom)
         new_state = GridOptimizerState(
             grid_count=optax.safe_increment(state.grid_count),
             velocity=jax.tree_util.tree_unflatten(treedef, out_v), grid_key=key,
