@@ -29,17 +29,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 
 from altgrad_jax import data as data_lib
 from altgrad_jax import diagnostics as diag_lib
 from altgrad_jax import io as io_lib
-from altgrad_jax.models import EncoderClassifier, QuantPolicy
-from altgrad_jax.optim import make_optimizer
-from altgrad_jax.quant import PrecisionRules, format_or_none
+from altgrad_jax.models import QuantPolicy
+from altgrad_jax.quant import format_or_none
 from altgrad_jax.train.losses import sigmoid_bce
 from altgrad_jax.train.metrics import multilabel_metrics, tune_threshold
+from altgrad_jax.train.builders import build_model, build_optimizer, build_policy
 from altgrad_jax.train.state import TrainState
 from altgrad_jax.train.step import StepOptions, init_diag_state, make_eval_step, make_train_step
 
@@ -50,47 +49,6 @@ _RESUME_MUTABLE = ("train.max_steps_this_run", "train.progress_bar", "log.", "da
 
 class TrainingDiverged(RuntimeError):
     """Raised (and reported without a traceback by launch.py) when NaN patience runs out."""
-
-
-def _activations(value):
-    """``config.quant.activations``: "same" passes through, else a format or None."""
-    return value if value == "same" else format_or_none(value)
-
-
-def build_policy(qcfg: ml_collections.ConfigDict) -> QuantPolicy:
-    """The model's `QuantPolicy` from ``config.quant`` (rules + default weight format)."""
-    rules = PrecisionRules.create([tuple(r) for r in qcfg.rules],
-                                  default=format_or_none(qcfg.weight_format))
-    return QuantPolicy(weights=rules, activations=_activations(qcfg.activations),
-                       gradients=format_or_none(qcfg.gradients), margin=float(qcfg.margin))
-
-
-def build_model(config: ml_collections.ConfigDict, *, vocab_size: int, num_labels: int,
-                policy: QuantPolicy) -> EncoderClassifier:
-    m = config.model
-    return EncoderClassifier(vocab_size=vocab_size, num_labels=num_labels,
-                             max_length=config.data.max_length, num_layers=m.num_layers,
-                             d_model=m.d_model, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
-                             dropout=m.dropout, pooling=m.pooling, policy=policy)
-
-
-def build_optimizer(config: ml_collections.ConfigDict, format_fn, num_steps: int):
-    """``(tx, lr_schedule)`` from ``config.optimizer`` (+ ``config.stability.partition_clip``).
-
-    ``optimizer.total_steps=0`` means ``num_steps`` and ``optimizer.warmup_steps=0`` means
-    ``warmup_frac * total_steps``. The format-relative clip link, when on, runs first.
-    """
-    ocfg = ml_collections.ConfigDict(config.optimizer.to_dict())
-    ocfg.total_steps = int(ocfg.total_steps) or int(num_steps)
-    if not int(ocfg.warmup_steps):
-        ocfg.warmup_steps = None
-    tx, schedule = make_optimizer(ocfg, format_fn)
-    if config.stability.partition_clip:
-        clip = diag_lib.partition_relative_clip(
-            format_fn, base_clip=float(config.stability.partition_clip_base),
-            overflow_threshold=float(config.stability.partition_clip_overflow))
-        tx = optax.chain(clip, tx)
-    return tx, schedule
 
 
 def _flatten(d: Any, prefix: str = "") -> dict:
