@@ -8,13 +8,17 @@
 * `make_optimizer`: the optimizer and schedule named by an ``ml_collections`` config.
 """
 
+from altgrad_jax.optim.calibration import (CalibrationState, calibration_table,
+                                           scale_by_calibration)
 from altgrad_jax.optim.diagnostics import GridDiagnosticsState, metrics, with_grid_diagnostics
 from altgrad_jax.optim.factory import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
+from altgrad_jax.optim.factory import DECAY_MASKS, LR_UNITS, PRECONDITIONS, decay_mask
 from altgrad_jax.optim.grid import (GridOptimizerState, SnapToGridState, grid_optimizer,
                                     index_value, move_rungs, rung_index, snap_to_grid)
 from altgrad_jax.optim.manifold_adamw import (PRECONDITION_MODES, manifold_adamw,
                                               manifold_adamw_core)
 from altgrad_jax.optim.stiffness import ScaleByStiffnessState, scale_by_stiffness, stiffness
+from altgrad_jax.optim.tensor_spacing import scale_by_tensor_spacing
 from altgrad_jax.optim.ulp_scaling import ScaleByUlpState, grid_spacing, scale_by_ulp
 
 __all__ = [
@@ -23,4 +27,6 @@ __all__ = [
     "grid_optimizer", "GridOptimizerState", "snap_to_grid", "SnapToGridState", "rung_index",
     "index_value", "move_rungs", "with_grid_diagnostics", "GridDiagnosticsState", "metrics",
     "make_optimizer", "make_schedule", "OPTIMIZERS", "SCHEDULES",
+    "scale_by_calibration", "CalibrationState", "calibration_table", "scale_by_tensor_spacing",
+    "decay_mask", "DECAY_MASKS", "LR_UNITS", "PRECONDITIONS",
 ]

@@ -1,4 +1,4 @@
-"""`make_optimizer(config, formats)`: the optimizer (and its schedule) named by a config."""
+"""`make_optimizer(config, formats)`: the optimizer (and its schedule) named by a config: every arm."""
 
 from __future__ import annotations
 
@@ -6,21 +6,30 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
-from altgrad_jax.optim import _util
+from altgrad_jax.optim import _util, calibration
+from altgrad_jax.optim.calibration import calibration_table  # noqa: F401  (doctest)
 from altgrad_jax.optim.diagnostics import with_grid_diagnostics
 from altgrad_jax.optim.grid import grid_optimizer, snap_to_grid
-from altgrad_jax.optim.manifold_adamw import manifold_adamw_core
+from altgrad_jax.optim.stiffness import scale_by_stiffness
+from altgrad_jax.optim.tensor_spacing import scale_by_tensor_spacing
+from altgrad_jax.optim.ulp_scaling import scale_by_ulp
 
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear")
+
+LR_UNITS = calibration.LR_UNITS
+DECAY_MASKS = ("ndim>=2", "all")
+PRECONDITIONS = ("none", "gradient", "update", "tensor")
 
 _DEFAULTS = dict(
     learning_rate=1e-3, schedule="constant", warmup_steps=None, warmup_frac=0.0, total_steps=None,
     b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip_norm=0.0, precondition="gradient",
     mantissa_bits=None, max_stiffness=1e6, momentum=0.9, rung_clip=10, rounding="stochastic",
     seed=0, weights_on_grid=False, inject_hyperparams=False, track_bit_position=True,
-    unformatted_scale=1.0)
+    unformatted_scale=1.0, lr_units="parameter", grid_step_multiplier=1.0, decay_mask="ndim>=2",
+    diagnostics=False, grid_learning_rate=1.0)
 
 
 def _get(config: Any, name: str) -> Any:
@@ -56,38 +65,101 @@ def make_schedule(config: Any) -> Callable[[Any], Any]:
          optax.linear_schedule(peak, 0.0, max(total - warmup, 1))], [warmup])
 
 
+def _ndim_at_least_2(params: Any) -> Any:
+    return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def decay_mask(kind: str) -> Callable[[Any], Any] | None:
+    """The weight-decay mask named by ``optimizer.decay_mask``.
+
+    ``"ndim>=2"`` (default): decay only parameters with two or more dimensions (kernels and
+    embedding tables; not biases, LayerNorm scales or any other vector), as the seeds' original and
+    most transformer recipes do. ``"all"``: decay every parameter (``mask=None``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> decay_mask("ndim>=2")({"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)})
+      {'bias': False, 'kernel': True}
+    """
+    _util.check_choice("decay_mask", kind, DECAY_MASKS)
+    return None if kind == "all" else _ndim_at_least_2
+
+
+def _adam_kwargs(c, lr):
+    return dict(learning_rate=lr, b1=_get(c, "b1"), b2=_get(c, "b2"), eps=_get(c, "eps"),
+                weight_decay=_get(c, "weight_decay"))
+
+
 def _adamw(c, lr, formats):
+    mask = decay_mask(_get(c, "decay_mask"))
+
     def factory(learning_rate, b1, b2, eps, weight_decay):
-        return optax.adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay)
-    return factory, dict(learning_rate=lr, b1=_get(c, "b1"), b2=_get(c, "b2"), eps=_get(c, "eps"),
-                         weight_decay=_get(c, "weight_decay")), ()
+        return optax.adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay, mask=mask)
+    return factory, _adam_kwargs(c, lr), ()
 
 
 def _manifold(c, lr, formats):
-    mbits = _get(c, "mantissa_bits") or None
     precondition = _get(c, "precondition")
-    if precondition != "gradient":
-        mbits = None
-    kw = dict(learning_rate=lr, b1=_get(c, "b1"), b2=_get(c, "b2"), eps=_get(c, "eps"),
-              weight_decay=_get(c, "weight_decay"), mantissa_bits=mbits, formats=formats,
-              precondition=precondition, max_stiffness=_get(c, "max_stiffness"))
-    if precondition == "update":
-        kw["unformatted_scale"] = float(_get(c, "unformatted_scale"))
-    return manifold_adamw_core, kw, ("mantissa_bits", "formats", "precondition",
-                                     "unformatted_scale")
+    mbits = (_get(c, "mantissa_bits") or None) if precondition == "gradient" else None
+    if precondition in ("update", "tensor") and formats is None:
+        raise ValueError(f"precondition={precondition!r} needs formats (the grid whose spacing "
+                         "scales the step): pass the per-leaf formats to make_optimizer")
+    mask = decay_mask(_get(c, "decay_mask"))
+    calib = dict(multiplier=_get(c, "grid_step_multiplier"), lr_units=_get(c, "lr_units"),
+                 unformatted_scale=float(_get(c, "unformatted_scale")))
+
+    def factory(learning_rate, b1, b2, eps, weight_decay, max_stiffness):
+        adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+        tail = (optax.add_decayed_weights(weight_decay, mask),
+                optax.scale_by_learning_rate(learning_rate))
+        if precondition == "gradient":
+            return optax.chain(scale_by_stiffness(mbits, formats, max_stiffness=max_stiffness),
+                               adam, *tail)
+        if precondition == "none":
+            return optax.chain(adam, *tail)
+        spacing = scale_by_ulp(formats) if precondition == "update" else (
+            scale_by_tensor_spacing(formats))
+        return optax.chain(adam, spacing, calibration.scale_by_calibration(formats, **calib),
+                           *tail)
+    return factory, dict(_adam_kwargs(c, lr), max_stiffness=_get(c, "max_stiffness")), ()
+
+
+def _no_format(path: str) -> None:
+    del path
 
 
 def _grid(c, lr, formats):
-    kw = dict(learning_rate=lr, formats=formats, momentum=_get(c, "momentum"),
-              weight_decay=_get(c, "weight_decay"), rung_clip=_get(c, "rung_clip"),
-              rounding=_get(c, "rounding"), seed=_get(c, "seed"),
-              track_bit_position=_get(c, "track_bit_position"))
-    return grid_optimizer, kw, ("formats", "rounding", "seed", "track_bit_position")
+    formats = _no_format if formats is None else formats
+    peak, grid_lr = _get(c, "learning_rate"), _get(c, "grid_learning_rate")
+    _util.check_number("grid_learning_rate", grid_lr, lo=0.0)
+    ratio = float(grid_lr) / float(peak) if peak else 0.0
+    mask = decay_mask(_get(c, "decay_mask"))
+    static = dict(rounding=_get(c, "rounding"), seed=_get(c, "seed"),
+                  track_bit_position=_get(c, "track_bit_position"))
+
+    def labels(params):
+        fmts = _util.resolve_formats(formats, params)
+        leaves, treedef = _util.flatten(params)
+        return jax.tree_util.tree_unflatten(
+            treedef, ["float32" if f is None else "grid" for f in fmts])
+
+    def factory(learning_rate, b1, b2, eps, weight_decay, momentum, rung_clip):
+        grid_rate = ((lambda t: learning_rate(t) * ratio) if callable(learning_rate)
+                     else learning_rate * ratio)
+        grid = optax.chain(optax.add_decayed_weights(weight_decay, mask), grid_optimizer(
+            grid_rate, formats, momentum=momentum, weight_decay=0.0, rung_clip=rung_clip,
+            **static))
+        adamw = optax.adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay, mask=mask)
+        return optax.multi_transform({"grid": grid, "float32": adamw}, labels)
+    return factory, dict(_adam_kwargs(c, lr), momentum=_get(c, "momentum"),
+                         rung_clip=_get(c, "rung_clip")), ()
 
 
 def _sgd(c, lr, formats):
+    mask = decay_mask(_get(c, "decay_mask"))
+
     def factory(learning_rate, momentum, weight_decay):
-        return optax.chain(optax.add_decayed_weights(weight_decay),
+        return optax.chain(optax.add_decayed_weights(weight_decay, mask),
                            optax.sgd(learning_rate, momentum=momentum))
     return factory, dict(learning_rate=lr, momentum=_get(c, "momentum"),
                          weight_decay=_get(c, "weight_decay")), ()
@@ -95,6 +167,24 @@ def _sgd(c, lr, formats):
 
 OPTIMIZERS: dict[str, Callable[..., Any]] = {
     "adamw": _adamw, "manifold_adamw": _manifold, "grid": _grid, "sgd": _sgd}
+
+
+def _check_fields(config: Any, name: str) -> None:
+    """Factory-time checks of the fields every arm shares (one-line ValueErrors)."""
+    precondition, units = _get(config, "precondition"), _get(config, "lr_units")
+    _util.check_choice("precondition", precondition, PRECONDITIONS)
+    _util.check_choice("lr_units", units, LR_UNITS)
+    _util.check_choice("decay_mask", _get(config, "decay_mask"), DECAY_MASKS)
+    _util.check_number("grid_step_multiplier", _get(config, "grid_step_multiplier"), lo=0.0,
+                       lo_open=True)
+    if not isinstance(_get(config, "diagnostics"), bool):
+        raise ValueError(f"diagnostics must be True or False, got "
+                         f"{_get(config, 'diagnostics')!r}")
+    ulp_arm = name == "manifold_adamw" and precondition in ("update", "tensor")
+    if float(_get(config, "unformatted_scale")) != 1.0 and not (ulp_arm and units == "grid_steps"):
+        raise ValueError("unformatted_scale is only used by manifold_adamw with precondition "
+                         "'update'/'tensor' and lr_units='grid_steps'; set it to 1.0 (float32 "
+                         "leaves get AdamW at learning_rate)")
 
 
 def _looks_like_params(tree: Any) -> bool:
@@ -110,32 +200,68 @@ def make_optimizer(config: Any, params_or_formats: Any = None
     fields take the default in brackets)::
 
       name               "adamw" | "manifold_adamw" | "grid" | "sgd"                [required]
-      learning_rate      peak learning rate (grid steps for precondition="update")   [1e-3]
+      learning_rate      peak learning rate, AdamW-sized (see lr_units)              [1e-3]
       schedule           "constant" | "warmup_cosine" | "warmup_linear"             ["constant"]
       warmup_steps       linear warmup steps from 0; None -> warmup_frac * total     [None]
       warmup_frac        warmup as a fraction of total_steps                        [0.0]
       total_steps        schedule length (required unless schedule="constant")      [None]
       b1, b2, eps        Adam moments' decays and epsilon                   [0.9, 0.999, 1e-8]
       weight_decay       AdamW decoupled decay; coupled (added to g) for grid/sgd   [0.0]
+      decay_mask         "ndim>=2" (decay only params with >= 2 dims) | "all"       ["ndim>=2"]
       grad_clip_norm     clip_by_global_norm before the optimizer; 0 = off          [0.0]
-      precondition       manifold_adamw: "gradient" | "update" | "none"            ["gradient"]
+      precondition       manifold_adamw: "none" | "gradient" | "update" | "tensor"  ["gradient"]
+      lr_units           "update"/"tensor": "parameter" | "grid_steps" (legacy)     ["parameter"]
+      grid_step_multiplier  c: per tensor lr_grid_steps = c * lr(t) / median_spacing(w_0)  [1.0]
       mantissa_bits      manifold_adamw "gradient": M for all leaves; 0/None = from formats
       max_stiffness      manifold_adamw "gradient": clamp of the stiffness          [1e6]
-      unformatted_scale  manifold_adamw "update": step factor of float32 leaves     [1.0]
+      unformatted_scale  legacy, lr_units="grid_steps" only: factor on float32 leaves  [1.0]
+      grid_learning_rate grid: peak SGD-momentum rate of the quantized leaves (the
+                         step before rounding is grid_learning_rate * v, in parameter
+                         units; it follows the schedule's shape)                    [1.0]
       momentum           grid / sgd momentum (0 = none for sgd)                     [0.9]
       rung_clip          grid: most rungs per step                                  [10]
       rounding           grid (rung rounding) and snap_to_grid: "stochastic" | "nearest"
                                                                                     ["stochastic"]
       seed               PRNG seed of stochastic rounding                           [0]
       weights_on_grid    append snap_to_grid(formats, rounding, seed) (regime (b))  [False]
+      diagnostics        wrap in with_grid_diagnostics (flips/stalls in the state)  [False]
       inject_hyperparams wrap in optax.inject_hyperparams (lr readable in state)    [False]
       track_bit_position per-element cumulative bit position in the diagnostics     [True]
 
-    Every optimizer carries the grid diagnostics (`with_grid_diagnostics`, or the grid
-    optimizer's own), so `altgrad_jax.optim.metrics` gives the same keys for A/B runs. The chain
-    is ``with_grid_diagnostics(chain(clip_by_global_norm, <optimizer>, snap_to_grid))`` with the
-    optional links left out; for ``name="grid"`` it is ``chain(clip_by_global_norm, grid)``
-    (``weights_on_grid`` is implied).
+    The arms (regime (a): float32 masters, quantized forward; regime (b): ``weights_on_grid=True``,
+    the weights stored only on their grid, Adam moments in float32)::
+
+      adamw            name="adamw"                                      optax.adamw(mask=...)
+      manifold_gradient  name="manifold_adamw", precondition="gradient"  the seeds' algorithm:
+                       chain(scale_by_stiffness, scale_by_adam, decay, lr) = AdamW with eps/S
+      manifold_update  name="manifold_adamw", precondition="update"      ULP-consistent:
+                       chain(scale_by_adam, scale_by_ulp, scale_by_calibration, decay, lr)
+      adamw_rtn        name="adamw", weights_on_grid=True, rounding="nearest"
+      adamw_sr         name="adamw", weights_on_grid=True, rounding="stochastic"
+      ulp_sr           name="manifold_adamw", precondition="update", weights_on_grid=True,
+                       rounding="stochastic"
+      tensor_sr        name="manifold_adamw", precondition="tensor", weights_on_grid=True,
+                       rounding="stochastic": chain(scale_by_adam, scale_by_tensor_spacing,
+                       scale_by_calibration, decay, lr) (AdamW direction x the current tensor's
+                       median grid spacing; equal to ulp_sr on E0M7's uniform grid)
+      grid             name="grid": multi_transform of grid_optimizer (quantized leaves) and AdamW
+
+    Learning rates (lr_units="parameter"): ``learning_rate`` is AdamW's in every arm. The ULP
+    modes ("update", "tensor") take per tensor ``c * lr(t) / median_spacing(w_0)`` grid steps per
+    step (`scale_by_calibration`; `calibration_table` reads it), so ``c = 1`` is an AdamW-sized
+    median step at init in every format. lr_units="grid_steps" keeps the legacy meaning
+    (``learning_rate`` in grid steps, float32 leaves scaled by ``unformatted_scale``).
+
+    Float32 leaves (format None: head, biases, LayerNorm by default; every leaf for format "none")
+    get plain AdamW at ``learning_rate`` in every arm, the grid arm included (its quantized leaves
+    take ``grid_learning_rate``); only ``name="sgd"`` uses SGD for every leaf. The weight-decay
+    mask (`decay_mask`) applies in every arm. ``snap_to_grid`` and the grid optimizer touch
+    quantized leaves only.
+
+    The chain is ``chain(clip_by_global_norm, <optimizer>, snap_to_grid)`` with the optional
+    links left out, wrapped in `with_grid_diagnostics` when ``diagnostics=True`` (for library
+    users; the training loop computes its diagnostics in its own step). ``name="grid"`` carries
+    its own diagnostics and implies ``weights_on_grid``.
 
     Args:
       config: the optimizer config (fields above).
@@ -152,10 +278,12 @@ def make_optimizer(config: Any, params_or_formats: Any = None
     Example:
       >>> import ml_collections, jax.numpy as jnp
       >>> c = ml_collections.ConfigDict(dict(name="manifold_adamw", learning_rate=1e-3,
-      ...     schedule="warmup_cosine", warmup_frac=0.05, total_steps=100, mantissa_bits=3))
+      ...     schedule="warmup_cosine", warmup_frac=0.05, total_steps=100, precondition="update"))
       >>> tx, sched = make_optimizer(c, "E4M3")
       >>> state = tx.init({"w": jnp.ones(3)}); round(float(sched(5)), 6)
       0.001
+      >>> sorted(calibration_table(state)["w"])
+      ['c', 'format', 'grid_steps_per_lr', 'median_spacing']
     """
     name = _get_name(config)
     builder = OPTIMIZERS.get(name)
@@ -165,6 +293,7 @@ def make_optimizer(config: Any, params_or_formats: Any = None
     schedule = make_schedule(config)
     clip = _get(config, "grad_clip_norm") or 0.0
     _util.check_number("grad_clip_norm", clip, lo=0.0)
+    _check_fields(config, name)
     on_grid = bool(_get(config, "weights_on_grid"))
     if on_grid and formats is None:
         raise ValueError("weights_on_grid=True needs formats")
@@ -181,9 +310,10 @@ def make_optimizer(config: Any, params_or_formats: Any = None
     if on_grid:
         links.append(snap_to_grid(formats, rounding=_get(config, "rounding"),
                                   seed=_get(config, "seed")))
-    inner = links[0] if len(links) == 1 else optax.chain(*links)
-    tx = with_grid_diagnostics(inner, formats,
-                               track_bit_position=_get(config, "track_bit_position"))
+    tx = links[0] if len(links) == 1 else optax.chain(*links)
+    if _get(config, "diagnostics"):
+        tx = with_grid_diagnostics(tx, formats,
+                                   track_bit_position=_get(config, "track_bit_position"))
     return tx, schedule
 
 
