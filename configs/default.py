@@ -32,7 +32,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.max_validation_docs = 2000  # random subset for periodic validation (0 = all 6,000)
     c.data.max_test_docs = 0  # random subset of test (0 = all)
     c.data.seed = 0  # subsets and batching order
-    c.data.cache_dir = ""  # tokenizer cache; "" = ~/.cache/altgrad_jax
+    c.data.text_field = "text"  # JSONL field holding the document text
+    c.data.label_field = ""  # JSONL field holding the label ids; "" = the label set's field
+    c.data.validation_fraction = 0.1  # no validation file: carve this seeded fraction of train
+    #                                   (seed data.seed; logged, in data_info.json); 0 = error
+    c.data.cache_dir = ""  # tokenizer + encoded-splits cache; "" = $ALTGRAD_CACHE_DIR or
+    #                        ~/.cache/altgrad_jax (locked and atomic: safe for parallel runs)
+    c.data.cache_encoded = True  # cache the tokenized, padded splits (.npz): a sweep builds once
     c.data.synthetic_num_train = 4000  # synthetic corpus sizes (source="synthetic" / fallback)
     c.data.synthetic_num_validation = 500
     c.data.synthetic_num_test = 500

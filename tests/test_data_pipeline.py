@@ -130,7 +130,7 @@ def test_source_hub_uses_cache_dir(tmp_path, monkeypatch):
         return out_dir
 
     monkeypatch.setattr(hub_lib, "download_from_hub", fake_download)
-    monkeypatch.setattr("altgrad_jax.data.pipeline.download_from_hub", fake_download)
+    monkeypatch.setattr("altgrad_jax.data.records.download_from_hub", fake_download)
     b = build_data(_cfg(tmp_path, source="hub", hub_name="org/eurlex"))
     assert calls == ["org/eurlex"] and b.info["source"] == "hub"
     assert b.info["hub_name"] == "org/eurlex" and b.info["data_dir"].startswith(str(tmp_path))

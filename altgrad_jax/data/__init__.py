@@ -13,7 +13,7 @@ from altgrad_jax.data.labels import LABEL_SETS, LabelVocab, build_label_vocab
 from altgrad_jax.data.paths import (DATA_DIR_ENV, find_split_file, require_data_dir,
                                     resolve_data_dir)
 from altgrad_jax.data.pipeline import DataBundle, DataConfig, SyntheticDataWarning, build_data
-from altgrad_jax.data.subsets import subset_indices
+from altgrad_jax.data.subsets import carve_indices, subset_indices
 from altgrad_jax.data.synthetic import make_synthetic_corpus
 from altgrad_jax.data.tokenizer import (PAD_ID, Encoded, encode_texts, get_or_train_tokenizer,
                                         load_tokenizer, save_tokenizer, train_tokenizer)
@@ -33,6 +33,7 @@ __all__ = [
     "SyntheticDataWarning",
     "build_data",
     "build_label_vocab",
+    "carve_indices",
     "download_from_hub",
     "encode_texts",
     "eval_batches",

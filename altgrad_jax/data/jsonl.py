@@ -44,10 +44,12 @@ def read_jsonl(
     *,
     fields: Sequence[str] | None = None,
     label_fields: Sequence[str] = (),
+    text_field: str = "text",
 ) -> list[dict[str, Any]]:
     """Reads a ``.jsonl`` or ``.jsonl.gz`` file and validates every record.
 
-    Blank lines are skipped. Every record must be a JSON object with a non-empty string ``text``;
+    Blank lines are skipped. Every record must be a JSON object with a non-empty string ``text``
+    (or ``text_field``);
     each field in ``label_fields`` must be present and be a list of strings (integers are converted
     to strings).
 
@@ -56,6 +58,7 @@ def read_jsonl(
         fields: keep only these keys of each record (always including ``text`` and
             ``label_fields``); None keeps everything. Saves memory on large splits.
         label_fields: label fields that every record must carry.
+        text_field: the field holding the document text.
 
     Returns:
         The records, in file order.
@@ -69,7 +72,7 @@ def read_jsonl(
     path = pathlib.Path(path)
     keep = None
     if fields is not None:
-        keep = set(fields) | {"text"} | set(label_fields)
+        keep = set(fields) | {text_field} | set(label_fields)
     records: list[dict[str, Any]] = []
     bad_text: list[int] = []
     bad_labels: dict[str, list[int]] = {f: [] for f in label_fields}
@@ -90,7 +93,7 @@ def read_jsonl(
                         f"{path}:{lineno}: expected a JSON object per line, got "
                         f"{type(rec).__name__}. Fix: write one object with 'text' and 'labels' "
                         "per line.")
-                text = rec.get("text")
+                text = rec.get(text_field)
                 if not isinstance(text, str) or not text.strip():
                     bad_text.append(lineno)
                 for f in label_fields:
@@ -108,8 +111,9 @@ def read_jsonl(
     if bad_text:
         where = ", ".join(f"{path}:{n}" for n in bad_text[:_MAX_LISTED])
         raise DataError(
-            f"{len(bad_text)} record(s) in {path} have no non-empty 'text' field (first at {where}). "
-            "Every record needs the document text; fix or remove these lines.")
+            f"{len(bad_text)} record(s) in {path} have no non-empty {text_field!r} field (first at "
+            f"{where}). Every record needs the document text; fix or remove these lines, or name "
+            "the text field with data.text_field.")
     for f, lines in bad_labels.items():
         if lines:
             where = ", ".join(f"{path}:{n}" for n in lines[:_MAX_LISTED])
@@ -117,7 +121,7 @@ def read_jsonl(
                 f"{len(lines)} record(s) in {path} have no valid {f!r} field (a list of label id "
                 f"strings; first at {where}). Fix these lines, or choose a label_set whose field "
                 "the data has ('top100'/'all' use 'labels', 'level1' uses 'labels_level1', "
-                "'level2' uses 'labels_level2').")
+                "'level2' uses 'labels_level2'), or name the field with data.label_field.")
     return records
 
 

@@ -183,13 +183,16 @@ class LabelVocab:
         return cls.from_json(obj)
 
 
-def build_label_vocab(train_label_lists: Iterable[Iterable[str]], label_set: str) -> LabelVocab:
+def build_label_vocab(train_label_lists: Iterable[Iterable[str]], label_set: str, *,
+                      field: str | None = None) -> LabelVocab:
     """Builds a label set's vocabulary from the train split's label lists.
 
     Args:
         train_label_lists: for each train document, its ids in the label set's field
             (``LABEL_SETS[label_set].field``).
         label_set: a name in `LABEL_SETS`.
+        field: the record field the ids come from (``data.label_field``); None = the label
+            set's own field.
 
     Returns:
         The vocabulary, ordered by train document frequency (descending), ties by id.
@@ -199,15 +202,16 @@ def build_label_vocab(train_label_lists: Iterable[Iterable[str]], label_set: str
         DataError: the train split has no labels at all.
     """
     spec = get_label_set(label_set)
+    field = field or spec.field
     counts: collections.Counter[str] = collections.Counter()
     for labels in train_label_lists:
         counts.update(set(labels))
     if not counts:
-        raise DataError(f"The train split has no labels in field {spec.field!r}, so the label set "
+        raise DataError(f"The train split has no labels in field {field!r}, so the label set "
                         f"{label_set!r} is empty. Fix: check the data or choose another label_set "
                         f"({', '.join(LABEL_SETS)}).")
     ordered = sorted(counts.items(), key=lambda kv: (-kv[1], label_sort_key(kv[0])))
     if spec.max_labels is not None:
         ordered = ordered[: spec.max_labels]
-    return LabelVocab(ids=tuple(k for k, _ in ordered), label_set=label_set, field=spec.field,
+    return LabelVocab(ids=tuple(k for k, _ in ordered), label_set=label_set, field=field,
                       train_counts=tuple(c for _, c in ordered))

@@ -13,9 +13,19 @@ Config fields (``config.data.<field>``; `DataConfig` holds the defaults):
 * ``max_train_docs``: random train subset size (seeded); 0 = all.
 * ``max_validation_docs``: random validation subset size (seeded); 0 = all.
 * ``max_test_docs``: random test subset size (seeded); 0 = all.
-* ``seed``: seed for subsets and the synthetic corpus.
-* ``cache_dir``: cache root (tokenizers, hub downloads); ``""`` = ``$ALTGRAD_CACHE_DIR`` or
-  ``~/.cache/altgrad_jax``.
+* ``seed``: seed for subsets, the validation carve and the synthetic corpus.
+* ``cache_dir``: cache root (tokenizers, encoded splits, hub downloads); ``""`` =
+  ``$ALTGRAD_CACHE_DIR`` or ``~/.cache/altgrad_jax``. Safe for runs started in parallel.
+* ``cache_encoded``: cache the encoded (tokenized, padded, multi-hot) splits as ``.npz`` under
+  ``<cache_dir>/encoded/``, keyed by a SHA-256 of everything that determines them (data files'
+  path/size/mtime, tokenizer, ``max_length``, label set and field, subsets, validation carve), so
+  a sweep pays the data build once.
+* ``text_field``: JSONL field holding the document text (default ``text``).
+* ``label_field``: JSONL field holding the label ids; ``""`` = the label set's own field
+  (``labels``, ``labels_level1``, ``labels_level2``).
+* ``validation_fraction``: when the corpus has no validation file, this seeded random fraction of
+  train (seed ``data.seed``) becomes the validation split, announced in the log and in
+  ``data_info.json["validation"]``; 0 = a missing validation file is an error.
 * ``synthetic_num_train``: synthetic train documents.
 * ``synthetic_num_validation``: synthetic validation documents.
 * ``synthetic_num_test``: synthetic test documents.
@@ -29,27 +39,25 @@ run or an evaluation sees the same label columns and token ids.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
-import re
 import time
-import warnings
 from typing import Any, Mapping
 
+import numpy as np
 from absl import logging
 from tokenizers import Tokenizer
 
+from altgrad_jax.data import cache as cache_lib
 from altgrad_jax.data.batching import ArrayDataset
 from altgrad_jax.data.errors import DataError
-from altgrad_jax.data.hub import DEFAULT_HUB_NAME, download_from_hub
-from altgrad_jax.data.jsonl import read_jsonl
-from altgrad_jax.data.labels import LABEL_SETS, LabelVocab, build_label_vocab, get_label_set
-from altgrad_jax.data.paths import (SPLITS, default_cache_dir, find_split_file, require_data_dir,
-                                    resolve_data_dir)
-from altgrad_jax.data.subsets import subset_indices
-from altgrad_jax.data.synthetic import SYNTHETIC_VERSION, make_synthetic_corpus
-from altgrad_jax.data.tokenizer import encode_texts, get_or_train_tokenizer
+from altgrad_jax.data.hub import DEFAULT_HUB_NAME
+from altgrad_jax.data.labels import LabelVocab, build_label_vocab, get_label_set
+from altgrad_jax.data.paths import SPLITS, default_cache_dir
+from altgrad_jax.data.records import SourceDesc, SplitRecords, SyntheticDataWarning, locate_source
+from altgrad_jax.data.tokenizer import PAD_ID, encode_texts, get_or_train_tokenizer
 
 __all__ = ["SOURCES", "DataConfig", "DataBundle", "SyntheticDataWarning", "build_data"]
 
@@ -57,10 +65,7 @@ SOURCES = ("auto", "jsonl", "hub", "synthetic")
 LABEL_VOCAB_FILE = "label_vocab.json"
 TOKENIZER_FILE = "tokenizer.json"
 DATA_INFO_FILE = "data_info.json"
-
-
-class SyntheticDataWarning(UserWarning):
-    """Emitted whenever the synthetic corpus is used instead of real data."""
+ENCODED_VERSION = 1  # bump when the encoding changes: it is part of the encoded-splits cache key
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -79,6 +84,10 @@ class DataConfig:
     max_test_docs: int = 0
     seed: int = 0
     cache_dir: str = ""
+    cache_encoded: bool = True
+    text_field: str = "text"
+    label_field: str = ""
+    validation_fraction: float = 0.1
     synthetic_num_train: int = 2000
     synthetic_num_validation: int = 500
     synthetic_num_test: int = 500
@@ -92,6 +101,12 @@ class DataConfig:
             raise ValueError(f"data.max_length must be >= 2, got {self.max_length}.")
         if self.vocab_size < 5:
             raise ValueError(f"data.vocab_size must be >= 5, got {self.vocab_size}.")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"data.validation_fraction must be in [0, 1) (0 = never carve a "
+                             f"validation split from train), got {self.validation_fraction}.")
+        if not self.text_field:
+            raise ValueError("data.text_field must name the JSONL field holding the text "
+                             "(default 'text').")
         for name in ("max_train_docs", "max_validation_docs", "max_test_docs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"data.{name} must be >= 0 (0 = all), got {getattr(self, name)}.")
@@ -117,7 +132,7 @@ class DataConfig:
                 present = hasattr(cfg, field.name)
                 value = getattr(cfg, field.name) if present else None
             if present and value is not None:
-                caster = {"str": str, "int": int, "bool": bool}[field.type]
+                caster = {"str": str, "int": int, "bool": bool, "float": float}[field.type]
                 values[field.name] = caster(value)
         return cls(**values)
 
@@ -153,56 +168,90 @@ class DataBundle:
         return self.train.max_length
 
 
-def _warn_synthetic(reason: str) -> None:
-    banner = "!" * 78
-    msg = (f"USING SYNTHETIC DATA ({reason}). Results are NOT about EURLEX57K. Provide real data "
-           "with ALTGRAD_DATA_DIR, --config.data.data_dir or python -m altgrad_jax.data.prepare.")
-    logging.warning("\n%s\n%s\n%s", banner, msg, banner)
-    warnings.warn(msg, SyntheticDataWarning, stacklevel=4)
+def _tokenizer_key(dc: DataConfig, desc: SourceDesc) -> dict[str, Any]:
+    """Everything that determines the tokenizer's training texts (its cache fingerprint)."""
+    key = dict(desc.identity.get("train", desc.identity), max_train_docs=dc.max_train_docs)
+    if dc.max_train_docs > 0:
+        key["subset_seed"] = dc.seed
+    if desc.carve is not None:
+        key["validation_carve"] = list(desc.carve)
+    if dc.text_field != "text" and desc.source != "synthetic":
+        key["text_field"] = dc.text_field
+    return key
 
 
-def _file_identity(path: pathlib.Path) -> dict[str, Any]:
-    st = path.stat()
-    return {"file": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+def _encoded_key(dc: DataConfig, desc: SourceDesc, tokenizer: Tokenizer, label_field: str,
+                 run_vocab: LabelVocab | None) -> dict[str, Any]:
+    """Everything that determines the encoded splits (their cache key)."""
+    return {
+        "version": ENCODED_VERSION, "identity": desc.identity, "carve": desc.carve,
+        "tokenizer": hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest(),
+        "max_length": dc.max_length, "label_set": dc.label_set, "label_field": label_field,
+        "text_field": dc.text_field if desc.source != "synthetic" else "text",
+        "subsets": [dc.max_train_docs, dc.max_validation_docs, dc.max_test_docs, dc.seed],
+        "run_vocab": cache_lib.digest(run_vocab.to_json(), 64) if run_vocab else None,
+    }
 
 
-def _load_records(dc: DataConfig, field: str) -> tuple[dict[str, list[dict]], dict[str, Any]]:
-    """Raw split records and a description of where they came from."""
-    source = dc.source
-    if source == "auto":
-        resolved = resolve_data_dir(dc.data_dir)
-        if resolved is None:
-            source = "synthetic"
-            _warn_synthetic("no data directory configured: data.source='auto' and neither "
-                            "data.data_dir nor ALTGRAD_DATA_DIR is set")
-        else:
-            source = "jsonl"  # require_data_dir below reports a missing folder.
-    elif source == "synthetic":
-        _warn_synthetic("data.source='synthetic'")
-
-    if source == "synthetic":
-        corpus = make_synthetic_corpus(dc.synthetic_num_train, dc.synthetic_num_validation,
-                                       dc.synthetic_num_test, dc.synthetic_num_labels, dc.seed)
-        identity = {"synthetic_version": SYNTHETIC_VERSION, "seed": dc.seed,
-                    "num_train": dc.synthetic_num_train, "num_labels": dc.synthetic_num_labels}
-        return corpus, {"dataset": "synthetic", "source": "synthetic", "data_dir": None,
-                        "identity": identity}
-
-    if source == "hub":
-        name = re.sub(r"[^A-Za-z0-9._-]+", "__", dc.hub_name)
-        data_dir = download_from_hub(default_cache_dir(dc.cache_dir) / "hub" / name, dc.hub_name)
-    else:
-        data_dir = require_data_dir(dc.data_dir)
-    records, files = {}, {}
+def _encode_splits(records: dict[str, list[dict]], full_sizes: dict[str, int], dc: DataConfig,
+                   tokenizer: Tokenizer, text_field: str, label_field: str,
+                   run_vocab: LabelVocab | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Tokenizes, pads and multi-hot encodes every split (the cold path of the encoded cache)."""
+    vocab = build_label_vocab((r[label_field] for r in records["train"]), dc.label_set,
+                              field=label_field)
+    if run_vocab is not None:
+        if run_vocab.ids != vocab.ids:
+            logging.warning("The run folder's %s differs from the one built from the data "
+                            "(%d vs %d labels); using the run folder's so columns stay stable.",
+                            LABEL_VOCAB_FILE, len(run_vocab), len(vocab))
+        vocab = run_vocab
+    arrays, oov = {}, {}
     for split in SPLITS:
-        path = find_split_file(data_dir, split)
-        records[split] = read_jsonl(path, fields=(), label_fields=(field,))
-        files[split] = path
-    desc = {"dataset": "eurlex57k", "source": source, "data_dir": str(data_dir),
-            "identity": _file_identity(files["train"])}
-    if source == "hub":
-        desc["hub_name"] = dc.hub_name
-    return records, desc
+        label_lists = [r[label_field] for r in records[split]]
+        enc = encode_texts(tokenizer, [r[text_field] for r in records[split]], dc.max_length)
+        arrays[f"{split}_input_ids"] = enc.input_ids
+        arrays[f"{split}_labels"] = vocab.encode(label_lists).astype(np.uint8)
+        arrays[f"{split}_truncated"] = enc.truncated
+        oov[split] = vocab.oov_stats(label_lists)
+    return arrays, {"vocab": vocab.to_json(), "oov": oov, "full_sizes": full_sizes}
+
+
+def _split_stats(ds: ArrayDataset, truncated: np.ndarray) -> tuple[float, float, float]:
+    """(truncation rate, mean labels per doc, mean tokens per doc) of a split."""
+    if len(ds) == 0:
+        return 0.0, 0.0, 0.0
+    return (round(float(truncated.mean()), 4), round(float(ds.labels.sum(1).mean()), 4),
+            round(float((ds.input_ids != PAD_ID).sum(1).mean()), 2))
+
+
+def _run_vocab(workdir: pathlib.Path | None, label_set: str) -> LabelVocab | None:
+    """The run folder's label vocabulary (resume, evaluation), checked against the config."""
+    if workdir is None or not (workdir / LABEL_VOCAB_FILE).is_file():
+        return None
+    saved = LabelVocab.load(workdir / LABEL_VOCAB_FILE)
+    if saved.label_set != label_set:
+        raise DataError(
+            f"The run folder {str(workdir)!r} holds a {LABEL_VOCAB_FILE} for label_set="
+            f"{saved.label_set!r} but the config asks for {label_set!r}. Fix: use a new "
+            "workdir for a different label set (or set data.label_set back).")
+    return saved
+
+
+def _cached_encode(dc: DataConfig, key: dict[str, Any], build) -> tuple[dict, dict, str]:
+    """``build()``'s (arrays, meta) through the encoded-splits cache; also says hit/built/off."""
+    if not dc.cache_encoded:
+        return (*build(), "off")
+    path = default_cache_dir(dc.cache_dir) / "encoded" / f"{cache_lib.digest(key)}.npz"
+    with cache_lib.entry_lock(path):
+        hit = cache_lib.load_arrays(path, key=key)
+        if hit is not None:
+            meta = hit.pop("__meta__")
+            return hit, meta, "hit"
+        arrays, meta = build()
+        cache_lib.save_arrays(path, arrays, key=key, meta=meta)
+        cache_lib.atomic_write_text(path.with_suffix(".key.json"),
+                                    json.dumps(key, indent=1, default=str))
+    return arrays, meta, "built"
 
 
 def build_data(cfg: Any, workdir: str | os.PathLike | None = None) -> DataBundle:
@@ -224,100 +273,71 @@ def build_data(cfg: Any, workdir: str | os.PathLike | None = None) -> DataBundle
     """
     dc = DataConfig.from_config(cfg)
     t0 = time.perf_counter()
-    spec = get_label_set(dc.label_set)
-    records, desc = _load_records(dc, spec.field)
-    t_read = time.perf_counter() - t0
-    for split in SPLITS:
-        missing = [i for i, r in enumerate(records[split]) if spec.field not in r]
-        if missing:
-            raise DataError(f"{len(missing)} {split} records lack the field {spec.field!r} needed "
-                            f"by label_set={dc.label_set!r}. Fix: choose another label_set "
-                            f"({', '.join(LABEL_SETS)}) or add the field.")
+    label_field = dc.label_field or get_label_set(dc.label_set).field
+    desc = locate_source(dc)
+    text_field = "text" if desc.source == "synthetic" else dc.text_field
+    records = SplitRecords(dc, desc, label_field)
 
     workdir_path = pathlib.Path(workdir).expanduser() if workdir else None
     if workdir_path is not None:
         workdir_path.mkdir(parents=True, exist_ok=True)
+    run_vocab = _run_vocab(workdir_path, dc.label_set)
 
-    # The label vocabulary comes from the full train split (so it does not move with subsets).
-    vocab = build_label_vocab((r[spec.field] for r in records["train"]), dc.label_set)
-    if workdir_path is not None and (workdir_path / LABEL_VOCAB_FILE).is_file():
-        saved = LabelVocab.load(workdir_path / LABEL_VOCAB_FILE)
-        if saved.label_set != vocab.label_set:
-            raise DataError(
-                f"The run folder {str(workdir_path)!r} holds a {LABEL_VOCAB_FILE} for label_set="
-                f"{saved.label_set!r} but the config asks for {vocab.label_set!r}. Fix: use a new "
-                "workdir for a different label set (or set data.label_set back).")
-        if saved.ids != vocab.ids:
-            logging.warning("The run folder's %s differs from the one built from the data "
-                            "(%d vs %d labels); using the run folder's so columns stay stable.",
-                            LABEL_VOCAB_FILE, len(saved), len(vocab))
-        vocab = saved
-
-    full_sizes = {s: len(records[s]) for s in SPLITS}
-    max_docs = {"train": dc.max_train_docs, "validation": dc.max_validation_docs,
-                "test": dc.max_test_docs}
-    for split in SPLITS:
-        idx = subset_indices(len(records[split]), max_docs[split], dc.seed, split)
-        if len(idx) < len(records[split]):
-            records[split] = [records[split][i] for i in idx]
-
-    cache_key = dict(desc["identity"], max_train_docs=dc.max_train_docs)
-    if 0 < dc.max_train_docs < full_sizes["train"]:
-        cache_key["subset_seed"] = dc.seed
     t1 = time.perf_counter()
     tokenizer, tok_info = get_or_train_tokenizer(
-        [r["text"] for r in records["train"]], vocab_size=dc.vocab_size, lowercase=dc.lowercase,
-        cache_key=cache_key, cache_dir=default_cache_dir(dc.cache_dir) / "tokenizers",
+        lambda: [r[text_field] for r in records.get()["train"]], vocab_size=dc.vocab_size,
+        lowercase=dc.lowercase, cache_key=_tokenizer_key(dc, desc),
+        cache_dir=default_cache_dir(dc.cache_dir) / "tokenizers",
         run_path=workdir_path / TOKENIZER_FILE if workdir_path is not None else None)
     t_tok = time.perf_counter() - t1
 
-    t2 = time.perf_counter()
-    datasets, oov, truncation, mean_labels, mean_tokens = {}, {}, {}, {}, {}
-    for split in SPLITS:
-        texts = [r["text"] for r in records[split]]
-        label_lists = [r[spec.field] for r in records[split]]
-        enc = encode_texts(tokenizer, texts, dc.max_length)
-        labels = vocab.encode(label_lists)
-        datasets[split] = ArrayDataset(enc.input_ids, labels, split)
-        oov[split] = vocab.oov_stats(label_lists)
-        truncation[split] = round(float(enc.truncated.mean()), 4) if len(texts) else 0.0
-        mean_labels[split] = round(float(labels.sum(1).mean()), 4) if len(texts) else 0.0
-        mean_tokens[split] = round(float(enc.mask.sum(1).mean()), 2) if len(texts) else 0.0
-    t_enc = time.perf_counter() - t2
+    t2, read_before = time.perf_counter(), records.loaded
+    arrays, meta, cache_state = _cached_encode(
+        dc, _encoded_key(dc, desc, tokenizer, label_field, run_vocab),
+        lambda: _encode_splits(records.get(), records.full_sizes, dc, tokenizer, text_field,
+                               label_field, run_vocab))
+    t_enc = time.perf_counter() - t2 - (0.0 if read_before else records.seconds)
+    vocab = LabelVocab.from_json(meta["vocab"])
+    datasets = {s: ArrayDataset(arrays[f"{s}_input_ids"], arrays[f"{s}_labels"], s)
+                for s in SPLITS}
+    stats = {s: _split_stats(datasets[s], arrays[f"{s}_truncated"]) for s in SPLITS}
 
     train_pos = datasets["train"].labels.sum(0)
     info = {
-        "dataset": desc["dataset"],
-        "synthetic": desc["dataset"] == "synthetic",
-        "source": desc["source"],
-        "data_dir": desc["data_dir"],
-        **({"hub_name": desc["hub_name"]} if "hub_name" in desc else {}),
+        "dataset": desc.dataset,
+        "synthetic": desc.dataset == "synthetic",
+        "source": desc.source,
+        "data_dir": desc.data_dir,
+        **({"hub_name": desc.hub_name} if desc.hub_name else {}),
+        "validation": desc.validation,
+        "text_field": text_field,
         "label_set": vocab.label_set,
         "label_field": vocab.field,
         "num_labels": vocab.num_labels,
         "sizes": {s: len(datasets[s]) for s in SPLITS},
-        "full_sizes": full_sizes,
+        "full_sizes": meta["full_sizes"],
         "seed": dc.seed,
         "max_length": dc.max_length,
         "vocab_size": tokenizer.get_vocab_size(),
         "lowercase": dc.lowercase,
         "tokenizer": tok_info,
-        "oov": oov,
-        "mean_labels_per_doc": mean_labels,
+        "encoded_cache": cache_state,
+        "oov": meta["oov"],
+        "mean_labels_per_doc": {s: stats[s][1] for s in SPLITS},
         "labels_without_train_positives": int((train_pos == 0).sum()),
-        "truncation_rate": truncation,
-        "mean_tokens_per_doc": mean_tokens,
-        "seconds": {"read": round(t_read, 3), "tokenizer": round(t_tok, 3),
+        "truncation_rate": {s: stats[s][0] for s in SPLITS},
+        "mean_tokens_per_doc": {s: stats[s][2] for s in SPLITS},
+        "seconds": {"read": round(records.seconds, 3), "tokenizer": round(t_tok, 3),
                     "encode": round(t_enc, 3), "total": round(time.perf_counter() - t0, 3)},
     }
-    logging.info("Data: %s/%s, label_set=%s (%d labels), sizes=%s, truncation=%.3f, %.1f s.",
+    logging.info("Data: %s/%s, label_set=%s (%d labels), sizes=%s, validation: %s, "
+                 "truncation=%.3f, %.1f s (tokenizer %s, encoded splits %s).",
                  info["dataset"], info["source"], info["label_set"], info["num_labels"],
-                 info["sizes"], truncation["train"], info["seconds"]["total"])
+                 info["sizes"], desc.validation, info["truncation_rate"]["train"],
+                 info["seconds"]["total"], tok_info["origin"], cache_state)
     if workdir_path is not None:
         if not (workdir_path / LABEL_VOCAB_FILE).is_file():
             vocab.save(workdir_path / LABEL_VOCAB_FILE)
-        tmp = workdir_path / (DATA_INFO_FILE + ".tmp")
-        tmp.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, workdir_path / DATA_INFO_FILE)
+        cache_lib.atomic_write_text(workdir_path / DATA_INFO_FILE, json.dumps(info, indent=1) + "\n")
     return DataBundle(train=datasets["train"], validation=datasets["validation"],
                       test=datasets["test"], vocab=vocab, tokenizer=tokenizer, info=info)

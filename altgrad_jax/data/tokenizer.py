@@ -14,13 +14,14 @@ import json
 import os
 import pathlib
 import time
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from absl import logging
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import trainers
 
+from altgrad_jax.data.cache import atomic_write_text, entry_lock
 from altgrad_jax.data.errors import DataError
 
 __all__ = [
@@ -134,7 +135,7 @@ def fingerprint(key: Mapping[str, Any]) -> str:
 
 
 def get_or_train_tokenizer(
-    texts: Sequence[str],
+    texts: Sequence[str] | Callable[[], Sequence[str]],
     *,
     vocab_size: int,
     lowercase: bool,
@@ -142,14 +143,18 @@ def get_or_train_tokenizer(
     cache_dir: str | os.PathLike | None,
     run_path: str | os.PathLike | None = None,
 ) -> tuple[Tokenizer, dict[str, Any]]:
-    """Returns the run's tokenizer, loading before training.
+    """Returns the run's tokenizer, loading before training; safe for parallel runs.
 
     Order: ``run_path`` if that file exists (resume and evaluation reuse the run's tokenizer), else
     ``<cache_dir>/<fingerprint>/tokenizer.json``, else train on ``texts`` and store in the cache.
-    The result is always written to ``run_path`` when given.
+    The cache look-up and the training run under an exclusive file lock
+    (`altgrad_jax.data.cache.entry_lock`), so of several runs started at once exactly one trains
+    and the others wait and load its file; files are written atomically, and a cached file that
+    cannot be loaded is retrained. The result is always written to ``run_path`` when given.
 
     Args:
-        texts: train texts (only used when training).
+        texts: train texts, or a zero-argument callable returning them (only called when training,
+            so a cache hit needs no data read).
         vocab_size: vocabulary size.
         lowercase: lowercasing in the normalizer.
         cache_key: everything that determines the training texts (data identity, subset, seed);
@@ -171,20 +176,39 @@ def get_or_train_tokenizer(
             logging.warning("The run folder's tokenizer has %d tokens but vocab_size=%d; using the "
                             "run's tokenizer so the run stays consistent.",
                             tok.get_vocab_size(), vocab_size)
-    elif cache_file is not None and cache_file.is_file():
-        tok, origin = load_tokenizer(cache_file), "cache"
+    elif cache_file is None:
+        tok, origin = _train(texts, vocab_size, lowercase), "trained"
     else:
-        logging.info("Training a WordPiece tokenizer (vocab %d) on %d texts.", vocab_size, len(texts))
-        tok, origin = train_tokenizer(texts, vocab_size=vocab_size, lowercase=lowercase), "trained"
-        if cache_file is not None:
-            save_tokenizer(tok, cache_file)
-            (cache_file.parent / "key.json").write_text(json.dumps(key, indent=1, default=str))
+        with entry_lock(cache_file):
+            tok, origin = _load_cached(cache_file), "cache"
+            if tok is None:
+                tok, origin = _train(texts, vocab_size, lowercase), "trained"
+                save_tokenizer(tok, cache_file)
+                atomic_write_text(cache_file.parent / "key.json",
+                                  json.dumps(key, indent=1, default=str))
     if run_path is not None and origin != "run":
         save_tokenizer(tok, run_path)
     seconds = time.perf_counter() - start
     logging.info("Tokenizer %s (%s, vocab %d) in %.1f s.", fp, origin, tok.get_vocab_size(), seconds)
     return tok, {"origin": origin, "fingerprint": fp, "vocab_size": tok.get_vocab_size(),
                  "seconds": round(seconds, 3)}
+
+
+def _load_cached(cache_file: pathlib.Path) -> Tokenizer | None:
+    """The cached tokenizer, or None if missing or unreadable (then it is retrained)."""
+    if not cache_file.is_file():
+        return None
+    try:
+        return load_tokenizer(cache_file)
+    except DataError as e:
+        logging.warning("Cached tokenizer is unusable, retraining it: %s", e)
+        return None
+
+
+def _train(texts, vocab_size: int, lowercase: bool) -> Tokenizer:
+    texts = texts() if callable(texts) else texts
+    logging.info("Training a WordPiece tokenizer (vocab %d) on %d texts.", vocab_size, len(texts))
+    return train_tokenizer(texts, vocab_size=vocab_size, lowercase=lowercase)
 
 
 def _cut_at_whitespace(text: str, max_chars: int) -> tuple[str, bool]:
