@@ -20,16 +20,43 @@ def _activations(value):
     return value if value == "same" else format_or_none(value)
 
 
+EMBEDDING_PATTERN = r"(^|/)(pos_)?embed/embedding$"  # the token and position embedding tables
+
+
+def embedding_format(qcfg: ml_collections.ConfigDict):
+    """The format of the embedding tables named by ``config.quant.embedding_format``.
+
+    ``"none"`` (default): float32. ``"same"``: ``quant.weight_format``. A format name: that format.
+    The embedding table is its own factor of a study (82% of the default model's parameters, with
+    row-sparse gradients), so ``weight_format="E4M3"`` means the dense kernels only.
+    """
+    value = qcfg.get("embedding_format", "none")
+    if value == "same":
+        return format_or_none(qcfg.weight_format)
+    try:
+        return format_or_none(value)
+    except ValueError as e:
+        raise ValueError(f"quant.embedding_format must be 'none', 'same' or a format name, got "
+                         f"{value!r} ({e})") from e
+
+
 def build_policy(qcfg: ml_collections.ConfigDict) -> QuantPolicy:
-    """The model's `QuantPolicy` from ``config.quant`` (rules + default weight format)."""
-    rules = PrecisionRules.create([tuple(r) for r in qcfg.rules],
-                                  default=format_or_none(qcfg.weight_format))
+    """The model's `QuantPolicy` from ``config.quant``.
+
+    Weight formats, first match wins: the embedding tables (``embed/embedding``,
+    ``pos_embed/embedding``) take `embedding_format` (``quant.rules`` do not apply to them); every
+    other parameter takes the first matching ``quant.rules`` entry (by default head, LayerNorm and
+    biases stay float32), else ``quant.weight_format`` (the dense kernels).
+    """
+    rules = [(EMBEDDING_PATTERN, embedding_format(qcfg))] + [tuple(r) for r in qcfg.rules]
+    rules = PrecisionRules.create(rules, default=format_or_none(qcfg.weight_format))
     return QuantPolicy(weights=rules, activations=_activations(qcfg.activations),
                        gradients=format_or_none(qcfg.gradients), margin=float(qcfg.margin))
 
 
 def build_model(config: ml_collections.ConfigDict, *, vocab_size: int, num_labels: int,
                 policy: QuantPolicy) -> EncoderClassifier:
+    """The `EncoderClassifier` of ``config.model`` / ``config.data.max_length`` with ``policy``."""
     m = config.model
     return EncoderClassifier(vocab_size=vocab_size, num_labels=num_labels,
                              max_length=config.data.max_length, num_layers=m.num_layers,
@@ -41,7 +68,9 @@ def build_optimizer(config: ml_collections.ConfigDict, format_fn, num_steps: int
     """``(tx, lr_schedule)`` from ``config.optimizer`` (+ ``config.stability.partition_clip``).
 
     ``optimizer.total_steps=0`` means ``num_steps`` and ``optimizer.warmup_steps=0`` means
-    ``warmup_frac * total_steps``. The format-relative clip link, when on, runs first.
+    ``warmup_frac * total_steps``. The format-relative clip link, when on, runs first. Every
+    optimizer field is passed to `altgrad_jax.optim.make_optimizer` (its docstring lists the
+    fields and the arms); ``format_fn`` (``path -> format``) gives the per-leaf formats.
     """
     ocfg = ml_collections.ConfigDict(config.optimizer.to_dict())
     ocfg.total_steps = int(ocfg.total_steps) or int(num_steps)
