@@ -62,6 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
         ("ln1|ln2|final_ln", "none"),  # LayerNorm parameters
         ("/bias$", "none"),  # biases
     )
+    c.quant.embedding_format = "none"  # embedding tables (token + position): "none" (float32),
+    #                                   "same" (= weight_format) or a format name; its own factor
+    #                                   (82% of the parameters): weight_format means the kernels
     c.quant.activations = "none"  # "same" (each layer's input in its weight format), "none", or a
     #                               format name for the input of every quantized layer
     c.quant.gradients = "none"  # format of layer output gradients in backward ("E5M2"), or "none"
@@ -70,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
     # ------------------------------------------------------------------------------- optimizer
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"  # "adamw", "manifold_adamw", "grid", "sgd"
-    c.optimizer.learning_rate = 1e-3  # peak learning rate
+    c.optimizer.learning_rate = 1e-3  # peak learning rate, AdamW-sized in every arm (lr_units)
     c.optimizer.schedule = "warmup_cosine"  # "constant", "warmup_cosine", "warmup_linear"
     c.optimizer.warmup_steps = 0  # linear warmup steps (0 = use warmup_frac)
     c.optimizer.warmup_frac = 0.05  # warmup as a fraction of total steps
@@ -79,19 +82,29 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.b2 = 0.999
     c.optimizer.eps = 1e-8
     c.optimizer.weight_decay = 0.01  # decoupled (AdamW) / L2 into velocity (grid)
+    c.optimizer.decay_mask = "ndim>=2"  # decay only params with >= 2 dims; "all" = every param
     c.optimizer.grad_clip_norm = 1.0  # global-norm clipping before the update (0 = off)
-    c.optimizer.precondition = "gradient"  # manifold_adamw: "gradient" (seed), "update" (ULP), "none"
+    c.optimizer.precondition = "gradient"  # manifold_adamw: "gradient" (seeds), "update" (ULP),
+    #                                        "tensor" (x tensor's median spacing), "none" (AdamW)
+    c.optimizer.lr_units = "parameter"  # "update"/"tensor": "parameter" (lr AdamW-sized; per
+    #                                     tensor c * lr / median_spacing(w_0) grid steps) or
+    #                                     "grid_steps" (legacy: learning_rate in grid steps)
+    c.optimizer.grid_step_multiplier = 1.0  # c: 1 = an AdamW-sized median step at init, any format
     c.optimizer.mantissa_bits = 0  # manifold "gradient" mode: M of the stiffness (0 = per-leaf format)
     c.optimizer.max_stiffness = 1e6  # clamp of the stiffness factor
-    c.optimizer.unformatted_scale = 1.0  # manifold "update" mode: learning_rate is in grid steps;
-    #                                      float32 leaves (biases, LayerNorm, head) step by
-    #                                      learning_rate * unformatted_scale in parameter units
+    c.optimizer.unformatted_scale = 1.0  # legacy, lr_units="grid_steps" only: float32 leaves
+    #                                      step by learning_rate * unformatted_scale (else 1.0)
     c.optimizer.momentum = 0.9  # grid optimizer / sgd
     c.optimizer.rung_clip = 10  # grid optimizer: max grid rungs per step
+    c.optimizer.grid_learning_rate = 1.0  # grid optimizer: peak SGD rate of quantized leaves
+    #                                       (step grid_learning_rate * velocity before rounding);
+    #                                       its float32 leaves get AdamW at learning_rate
     c.optimizer.rounding = "stochastic"  # grid / snap rounding: "stochastic" or "nearest"
     c.optimizer.seed = 0  # PRNG seed of stochastic optimizer rounding
     c.optimizer.weights_on_grid = False  # regime (b): snap params onto their grid after each update
     c.optimizer.inject_hyperparams = True  # keep the learning rate readable in the state
+    c.optimizer.diagnostics = False  # True: flips/stalls in the optimizer state (library use;
+    #                                  the training loop computes them in its own step)
 
     # -------------------------------------------------------------------------------- training
     c.train = ml_collections.ConfigDict()
