@@ -4,13 +4,18 @@ Flags:
   --config    an ml_collections config file (``configs/*.py``); override any field with
               ``--config.<group>.<field>=value`` (a misspelt field is an error naming it).
   --workdir   the run folder (default: runs/<config.name>). Re-running the same command on the same
-              folder resumes from its newest checkpoint.
+              folder resumes from its newest checkpoint (a completed run says so and writes nothing).
+  --verbosity absl's flag; given explicitly, library logs (orbax, absl, XLA) show on the terminal
+              too (``log.verbose``). They always go to ``<workdir>/log.txt``.
+
+The terminal shows the run's own lines: the run folder, one config line, the data summary, one
+line per log step, eval lines and the result; at the end ``<workdir>/curves.png`` is drawn.
 """
 
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -20,18 +25,26 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (default: runs/<conf
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from altgrad_jax.analysis.plot_run import plot_run
     from altgrad_jax.train.loop import TrainingDiverged, train_and_evaluate
 
+    config = _CONFIG.value
+    if flags.FLAGS["verbosity"].present:
+        config.log.verbose = True
     try:
-        results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        results = train_and_evaluate(config, _WORKDIR.value)
     except TrainingDiverged as e:
-        logging.error("training diverged: %s", e)
         sys.exit(f"training diverged: {e}")
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    workdir = results["workdir"]
+    png = plot_run(workdir)
     test = results.get("test", {})
-    logging.info("done: status=%s test micro-F1=%s results in %s", results["status"],
-                 test.get("test/micro_f1"), os.path.join(results["workdir"], "results.json"))
+    f1 = test.get("test/micro_f1")
+    print(f"done: {results['status']} | test micro-F1 "
+          f"{'-' if f1 is None else format(f1, '.4f')} | results "
+          f"{os.path.join(workdir, 'results.json')} | curves {png} | logs "
+          f"{os.path.join(workdir, 'log.txt')}", flush=True)
 
 
 if __name__ == "__main__":

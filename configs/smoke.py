@@ -32,6 +32,8 @@ def get_config():
     c.train.eval_every = 4
     c.train.checkpoint_every = 2
     c.train.progress_bar = False
+    c.diag.every = 3  # the diagnostics step at steps 3 and 6 (the plain step elsewhere)
+    c.diag.stall_window = 2
     c.diag.rank_every = 3
     c.diag.rank_warmup_steps = 2
     c.diag.shadow_every = 3

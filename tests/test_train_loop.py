@@ -2,9 +2,11 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,33 +108,45 @@ def test_resume_with_a_changed_config_is_refused(full_run, cache_dir):
 def test_nan_patience_stops_with_a_report(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setattr(step_lib, "sigmoid_bce", lambda *a, **k: jnp.float32(jnp.nan))
     workdir = str(tmp_path / "nan")
-    cfg = _config(cache_dir=cache_dir, **{"train.nan_patience": 3, "train.log_every": 1,
-                                          "train.num_steps": 6, "diag.rank_every": 0})
+    # log_every (50) > nan_patience (3): the streak is acted on at the step it reaches patience
+    # (step 3), not at a log step (the old loop stopped at the last step, 6).
+    cfg = _config(cache_dir=cache_dir, **{"train.nan_patience": 3, "train.log_every": 50,
+                                          "train.num_steps": 6, "diag.rank_every": 0,
+                                          "diag.shadow_every": 0, "train.eval_every": 0})
     with pytest.raises(loop_lib.TrainingDiverged, match="3 consecutive non-finite"):
         loop_lib.train_and_evaluate(cfg, workdir)
     report = open(os.path.join(workdir, "failure_report.md")).read()
     assert "non-finite" in report and "E5M2" in report
     results = json.load(open(os.path.join(workdir, "results.json")))
-    assert results["status"] == "diverged"
+    assert results["status"] == "diverged" and results["step"] == 3
     assert os.path.isdir(os.path.join(workdir, "anomaly"))
 
 
-def test_format_fallback_on_stall(tmp_path, cache_dir):
-    """E7M0 weights with a tiny learning rate stall; the fallback walks the chain E7M0 -> E5M2 ->
-    float32 (the run keeps stalling at lr 1e-7) and the run goes on to completion."""
-    workdir = str(tmp_path / "fallback")
-    cfg = _config(cache_dir=cache_dir, **{
+def _fallback_config(cache_dir, **overrides):
+    return _config(cache_dir=cache_dir, **{
         "quant.weight_format": "E7M0", "optimizer.learning_rate": 1e-7,
         "stability.fallback": True, "stability.fallback_stall_threshold": 0.5,
-        "stability.fallback_min_step": 2, "diag.stall_window": 2, "diag.rank_every": 0,
-        "diag.shadow_every": 0})
-    results = loop_lib.train_and_evaluate(cfg, workdir)
+        "stability.fallback_min_step": 2, "diag.every": 1, "diag.stall_window": 2,
+        "diag.rank_every": 0, "diag.shadow_every": 0, "train.eval_every": 0, **overrides})
+
+
+@pytest.fixture(scope="module")
+def fallback_run(tmp_path_factory, cache_dir):
+    workdir = str(tmp_path_factory.mktemp("fallback"))
+    return workdir, loop_lib.train_and_evaluate(_fallback_config(cache_dir), workdir)
+
+
+def test_format_fallback_on_stall(fallback_run):
+    """E7M0 weights with a tiny learning rate stall; the fallback walks the chain E7M0 -> E5M2 ->
+    float32 (the run keeps stalling at lr 1e-7) and the run goes on to completion."""
+    workdir, results = fallback_run
     assert results["status"] == "completed"
     events = results["fallback_events"]
     assert [(e["from_format"], e["to_format"]) for e in events] == [("E7M0", "E5M2"),
                                                                      ("E5M2", None)]
     assert all(e["reason"] == "stall" for e in events)
     assert 2 <= events[0]["step"] < events[1]["step"]  # never at step 0; a full window each
+    assert events[1]["step"] - events[0]["step"] >= 2
     with open(os.path.join(workdir, "events.jsonl")) as f:
         assert "format_fallback" in f.read()
     assert any("stability/fallback_events" in line for line in _lines(workdir))
@@ -167,7 +181,7 @@ def test_train_step_does_not_recompile(cache_dir, tmp_path):
                                  num_labels=bundle.num_labels, policy=policy)
     tx, sched = loop_lib.build_optimizer(cfg, policy.weights.lookup, 6)
     params = model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))["params"]
-    options = step_lib.StepOptions(log_every=2)
+    options = step_lib.StepOptions()
     state = TrainState.create(params=params, opt_state=tx.init(params), rng_key=jax.random.key(1),
                               diag=step_lib.init_diag_state(options, 4))
     fn = step_lib.make_train_step(model=model, tx=tx, format_fn=policy.weights.lookup,
@@ -186,3 +200,147 @@ def test_train_step_does_not_recompile(cache_dir, tmp_path):
     rank_hlo = diag_lib.make_rank_health_fn().lower(state.params).as_text().lower()
     assert "svd" in rank_hlo or "gesdd" in rank_hlo
     assert "svd" not in step_hlo and "gesdd" not in step_hlo
+
+
+def test_fallback_then_crash_resume_replays_exactly(fallback_run, tmp_path, cache_dir):
+    """A crash after a format fallback that resumes from a checkpoint taken BEFORE the fallback
+    trains the old format again for those steps and replays the fallback at the same step."""
+    workdir_full, results_full = fallback_run
+    first_event = results_full["fallback_events"][0]["step"]
+    workdir = str(tmp_path / "crash")
+    over = {"train.checkpoint_every": 1, "train.keep_checkpoints": 10}
+    first = loop_lib.train_and_evaluate(
+        _fallback_config(cache_dir, **over, **{"train.max_steps_this_run": 5}), workdir)
+    assert first["status"] == "interrupted" and len(first["fallback_events"]) >= 1
+    for name in os.listdir(os.path.join(workdir, "checkpoints")):  # the crash loses these
+        if name.isdigit() and int(name) >= first_event:
+            shutil.rmtree(os.path.join(workdir, "checkpoints", name))
+    second = loop_lib.train_and_evaluate(_fallback_config(cache_dir, **over), workdir)
+    assert second["status"] == "completed"
+    assert second["fallback_events"] == results_full["fallback_events"]
+    assert _comparable(_lines(workdir)) == _comparable(_lines(workdir_full))
+    assert second["test"]["test/loss"] == results_full["test"]["test/loss"]
+
+
+def test_rerun_of_a_completed_run_writes_nothing(full_run, cache_dir, capfd):
+    workdir, results = full_run
+    before = {n: open(os.path.join(workdir, n), "rb").read()
+              for n in ("metrics.jsonl", "results.json", "config.json")}
+    again = loop_lib.train_and_evaluate(_config(cache_dir=cache_dir), workdir)
+    assert "already complete" in capfd.readouterr().out
+    assert again == json.load(open(os.path.join(workdir, "results.json")))
+    for name, data in before.items():
+        assert open(os.path.join(workdir, name), "rb").read() == data, name
+
+
+def test_results_perf_and_tuned_blocks(full_run):
+    _, results = full_run
+    perf = results["perf"]
+    for key in ("train_steps_per_s", "train_samples_per_s", "train_tokens_per_s", "train_time_s",
+                "compile_time_s", "wall_time_s"):
+        assert perf[key] > 0, key
+    # training-only: compilation, evaluation and checkpoints are outside train_time_s
+    assert perf["train_time_s"] + perf["compile_time_s"] < perf["wall_time_s"]
+    assert perf["train_steps_per_s"] == pytest.approx(6 / perf["train_time_s"])
+    assert "eval_tuned/micro_f1" in results["validation_tuned"]
+    assert "calibration" in results
+
+
+def test_diagnostics_only_on_diagnostics_steps(full_run):
+    """The plain step logs no diag/grad/quant figures; the diagnostics step (diag.every=3) does."""
+    workdir, _ = full_run
+    diag_steps = sorted({line["step"] for line in _lines(workdir)
+                         if any(k.startswith(("diag/", "quant/", "grad/")) for k in line)})
+    assert diag_steps == [3, 6]
+
+
+def _golden(name):
+    with open(os.path.join(ROOT, "tests", "data", f"golden_smoke_{name}.json")) as f:
+        return json.load(f)
+
+
+def _golden_metrics(workdir):
+    keep = ("train/", "eval/", "final/test/", "rank/effective_mean", "rank/stable_mean",
+            "shadow/loss_")
+    return {f"{line['step']}:{k}": v for line in _lines(workdir) for k, v in line.items()
+            if k != "step" and k.startswith(keep) and not k.endswith("samples_per_s")}
+
+
+def _check_golden(name, workdir):
+    """Bit-for-bit against tests/data/golden_smoke_<name>.json (regenerate only with a reason:
+    ALTGRAD_REGEN_GOLDEN="<why>" rewrites it from this run)."""
+    golden = _golden(name)
+    got = _golden_metrics(workdir)
+    reason = os.environ.get("ALTGRAD_REGEN_GOLDEN")
+    if reason:
+        golden.update(metrics=got, reason=reason)
+        with open(os.path.join(ROOT, "tests", "data", f"golden_smoke_{name}.json"), "w") as f:
+            json.dump(golden, f, indent=1, sort_keys=True)
+    diff = {k: (golden["metrics"].get(k), got.get(k)) for k in set(golden["metrics"]) | set(got)
+            if golden["metrics"].get(k) != got.get(k)}
+    assert not diff, f"{len(diff)} metrics moved, e.g. {sorted(diff.items())[:4]}"
+
+
+def test_golden_metrics_quantized(full_run):
+    """E5M2 smoke run. EXPECTED TO MOVE with numerics changes (scale recipe, optimizer defaults):
+    regenerate with the reason stated (see `_check_golden`)."""
+    _check_golden("e5m2", full_run[0])
+
+
+def test_golden_metrics_float32(tmp_path, cache_dir):
+    """float32 smoke run: must not move with performance or loop work (issue 11 item 4)."""
+    golden = _golden("fp32")
+    workdir = str(tmp_path / "fp32")
+    loop_lib.train_and_evaluate(_config(cache_dir=cache_dir, **golden["overrides"]), workdir)
+    _check_golden("fp32", workdir)
+
+
+class _TinyModel(nn.Module):
+    @nn.compact
+    def __call__(self, ids, deterministic=True):
+        return nn.Dense(3)(nn.Embed(10, 4)(ids).mean(axis=1))
+
+
+def test_nonfinite_gradient_with_finite_loss_skips_the_step(monkeypatch):
+    """A finite loss whose gradient is NaN (d sqrt(x)/dx at 0, times 0) must not reach the params
+    or the Adam state (the old step looked at the loss only)."""
+    import optax
+    from altgrad_jax.train.losses import sigmoid_bce
+    from altgrad_jax.train.state import TrainState
+
+    def nan_grad_loss(logits, labels, **kw):
+        return sigmoid_bce(logits, labels, **kw) + 0.0 * jnp.sqrt(0.0 * jnp.sum(logits))
+
+    monkeypatch.setattr(step_lib, "sigmoid_bce", nan_grad_loss)
+    model, tx = _TinyModel(), optax.adam(1e-2)
+    ids = jnp.arange(8, dtype=jnp.int32).reshape(2, 4)
+    params = model.init(jax.random.key(0), ids)["params"]
+    state = TrainState.create(params=params, opt_state=tx.init(params), rng_key=jax.random.key(1))
+    batch = {"input_ids": ids, "labels": jnp.ones((2, 3), jnp.float32)}
+    before = jax.device_get((state.params, state.opt_state))
+    fn = step_lib.make_train_step(model=model, tx=tx, lr_schedule=None,
+                                  options=step_lib.StepOptions())
+    state, metrics = fn(state, batch)
+    assert np.isfinite(float(metrics["train/loss"]))
+    assert not np.isfinite(float(metrics["train/grad_norm"]))
+    assert float(metrics["train/nonfinite"]) == 1.0 and int(state.nonfinite_streak) == 1
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((state.params, state.opt_state))):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_launch_console_is_short_and_names_the_run_folder(tmp_path, cache_dir):
+    """launch.py on the smoke config: a few readable lines (no orbax/absl INFO, no TPU probing),
+    library logs in log.txt, and the curves PNG named in the last line."""
+    workdir = tmp_path / "console"
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "--config=configs/smoke.py", f"--workdir={workdir}",
+         f"--config.data.cache_dir={cache_dir}"], cwd=ROOT, capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) <= 25, "\n".join(lines)
+    text = "\n".join(lines)
+    assert "Unable to initialize backend" not in text and "CheckpointManager" not in text
+    assert "step 6/6" in text and str(workdir) in lines[-1] and "curves.png" in lines[-1]
+    assert (workdir / "curves.png").stat().st_size > 10_000
+    assert "CheckpointManager" in (workdir / "log.txt").read_text()

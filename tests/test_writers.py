@@ -190,7 +190,7 @@ def test_wandb_offline_writes_locally_and_resumes_id(tmp_path, monkeypatch):
 
 def test_make_writers_default_has_no_wandb(tmp_path):
     writers = make_writers(tmp_path, config={"x": 1})
-    assert [type(w).__name__ for w in writers.writers] == ["JsonlWriter", "ConsoleWriter"]
+    assert [type(w).__name__ for w in writers.writers] == ["JsonlWriter"]  # console: opt-in
     writers.write(5, {"train/loss": 1.0})
     writers.close()
     assert _steps(tmp_path / "metrics.jsonl") == [5]

@@ -13,6 +13,8 @@ Example:
 """
 
 from altgrad_jax.io.checkpoint import Checkpointer, to_json_compatible
+from altgrad_jax.io.console import (Console, data_summary_line, route_library_logs,
+                                    short_config_line)
 from altgrad_jax.io.writers import (
     ConsoleWriter,
     JsonlWriter,
@@ -26,6 +28,10 @@ from altgrad_jax.io.writers import (
 
 __all__ = [
     "Checkpointer",
+    "Console",
+    "data_summary_line",
+    "route_library_logs",
+    "short_config_line",
     "ConsoleWriter",
     "JsonlWriter",
     "MetricWriter",

@@ -405,6 +405,7 @@ def make_writers(
     run_name: str | None = None,
     config: Any = None,
     resume_step: int | None = None,
+    console: bool = False,
 ) -> MultiWriter:
     """The standard writers of a run: ``metrics.jsonl`` + console (+ W&B unless disabled).
 
@@ -420,6 +421,8 @@ def make_writers(
       config: the run configuration (dict, ``ConfigDict`` or dataclass), or None.
       resume_step: the step restored from a checkpoint, or None for a fresh run (see
         :class:`JsonlWriter`).
+      console: also log every write through absl (:class:`ConsoleWriter`); the training loop
+        prints its own compact lines instead (`altgrad_jax.io.Console`).
 
     Returns:
       A :class:`MultiWriter`.
@@ -435,8 +438,9 @@ def make_writers(
     os.makedirs(workdir, exist_ok=True)
     writers: list[MetricWriter] = [
         JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step=resume_step),
-        ConsoleWriter(),
     ]
+    if console:
+        writers.append(ConsoleWriter())
     if wandb_mode != "disabled":
         writers.append(
             WandbWriter(

@@ -1,9 +1,26 @@
-"""Pure train / eval steps: ``train_step(state, batch) -> (state, metrics)``.
+"""Pure train / diagnostics / eval steps: ``step(state, batch) -> (state, metrics)``.
 
-The model, the optimizer and every static choice are bound with `functools.partial` and the step is
-jitted once with the state donated (`make_train_step`). Metrics are a flat dict of float32 scalars
-with namespaced keys (``train/``, ``optim/``, ``diag/``, ``grad/``, ``quant/``); the loop pulls them to
-the host only at its logging interval.
+Two compiled programs advance training, and they apply the SAME update:
+
+* `train_step`, the hot path: forward, backward, the optimizer update, a skip of non-finite steps,
+  and a handful of scalars (loss, norms, learning rate). It computes no flips, stalls, bit
+  positions, gradient statistics or quantization health.
+* `diag_step`, run by the loop every ``diag.every`` steps instead of `train_step`: the same update
+  plus the grid diagnostics of that step (`flip_stats`, `below_half_step_fraction`,
+  `gradient_stats`, `quantization_health`) and the sampled sliding windows.
+
+Windowed figures are estimated from the samples. With samples ``k = 1..K`` (the last ``K =
+diag.stall_window`` diagnostics steps, one every ``diag.every`` steps),
+
+.. math::
+   \\widehat{\\mathrm{stall}} = \\mathrm{stall\\_ratio}\\Big(\\sum_k \\mathrm{flips}_k,\\;
+   \\sum_k \\mathrm{updates}_k\\Big),
+
+the stall ratio of the pooled sampled steps (each step's counts are an unbiased sample of the
+steps in its interval when the interval does not resonate with the data order). The windowed dead
+gradient fraction is the mean over the same samples.
+
+Static things are bound with `functools.partial`; each step is jitted once with the state donated.
 """
 
 from __future__ import annotations
@@ -26,34 +43,28 @@ from altgrad_jax.train.state import TrainState
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StepOptions:
-    """Static options of the train step (hashable).
+    """Static options of the steps (hashable).
 
     Attributes:
       pos_weight: BCE positive-class weight.
-      skip_nonfinite: a step whose loss is not finite leaves params and optimizer state unchanged.
-      flips: the sliding-window stall ratio every step (from the optimizer's flip counts) and the
-        per-layer flips / updates / stall ratios / below-half-step fractions at log steps.
-      log_every: the step computes the log-time diagnostics (gradient statistics, quantization
-        health) only when ``(step + 1) % log_every == 0`` or at the last step ``num_steps``
-        (inside a ``lax.cond``), i.e. exactly at the steps the loop logs.
-      num_steps: the run's last step (0 = unknown).
-      grad_stats: include gradient statistics at log steps.
-      quant_health: include quantization health at log steps.
+      skip_nonfinite: a step whose loss, gradients or updates are not finite leaves params and
+        optimizer state unchanged (the step counter and the dropout key still advance).
+      flips: the diagnostics step counts flips / updates / stalls / below-half-step updates.
+      grad_stats: the diagnostics step adds gradient statistics and the dead-gradient window.
+      quant_health: the diagnostics step adds quantization health.
       dead_threshold: |g| below this counts as a dead gradient.
     """
 
     pos_weight: float = 1.0
     skip_nonfinite: bool = True
     flips: bool = True
-    log_every: int = 50
-    num_steps: int = 0
     grad_stats: bool = True
     quant_health: bool = True
     dead_threshold: float = 1e-8
 
 
 def init_diag_state(options: StepOptions, stall_window: int) -> dict:
-    """The diagnostics part of `TrainState`: sliding windows of stalls and dead gradients."""
+    """The diagnostics part of `TrainState`: windows over the last ``stall_window`` samples."""
     out = {}
     if options.flips:
         out["stall"] = diag_lib.init_stall_window(stall_window)
@@ -62,25 +73,18 @@ def init_diag_state(options: StepOptions, stall_window: int) -> dict:
     return out
 
 
-def _log_time_diagnostics(params, new_params, grads, updates, format_fn, grad_format,
-                          options: StepOptions) -> dict:
-    out = {}
-    if options.flips:
-        out.update(diag_lib.flip_stats(params, new_params, grads, format_fn))
-        out.update(diag_lib.below_half_step_fraction(params, updates, format_fn))
-    if options.grad_stats:
-        out.update(diag_lib.gradient_stats(grads, dead_threshold=options.dead_threshold))
-    if options.quant_health:
-        out.update(diag_lib.quantization_health(params, format_fn, grads=grads,
-                                                grad_format=grad_format))
-    return out
+@dataclasses.dataclass(frozen=True)
+class _Update:
+    loss: jax.Array
+    grads: Any
+    updates: Any
+    state: TrainState
+    metrics: dict
 
 
-def train_step(state: TrainState, batch: dict, *, model: nn.Module,
-               tx: optax.GradientTransformation, format_fn: Callable[[str], Any],
-               lr_schedule: Callable[[jax.Array], jax.Array] | None, grad_format: Any,
-               options: StepOptions) -> tuple[TrainState, dict]:
-    """One optimizer step on ``batch`` (``input_ids`` [B, L] int32, ``labels`` [B, C] float32)."""
+def _update(state: TrainState, batch: dict, *, model: nn.Module, tx: optax.GradientTransformation,
+            lr_schedule, options: StepOptions) -> _Update:
+    """The update both steps share (so the two programs train identically)."""
     rng, dropout_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
 
     def loss_fn(params):
@@ -91,53 +95,20 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
-
-    finite = jnp.isfinite(loss)
+    grad_norm, update_norm = optax.global_norm(grads), optax.global_norm(updates)
+    # A NaN/inf anywhere in the gradients or updates makes its global norm non-finite (an overflow
+    # of the squared sum, |g| > ~1e19, counts too: such a step would not be usable either).
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
     if options.skip_nonfinite:
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         new_params = jax.tree.map(keep, new_params, state.params)
         new_opt_state = jax.tree.map(keep, new_opt_state, state.opt_state)
-
-    metrics = {
-        "train/loss": loss,
-        "train/grad_norm": optax.global_norm(grads),
-        "train/update_norm": optax.global_norm(updates),
-        "train/param_norm": optax.global_norm(new_params),
-        "train/nonfinite": 1.0 - finite.astype(jnp.float32),
-    }
-    if lr_schedule is not None:
-        metrics["train/lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
+    metrics = {"train/loss": loss, "train/grad_norm": grad_norm,
+               "train/update_norm": update_norm, "train/param_norm": optax.global_norm(new_params),
+               "train/nonfinite": 1.0 - finite.astype(jnp.float32)}
     metrics.update(optim_lib.metrics(new_opt_state))
     metrics.update(diag_lib.clip_metrics(new_opt_state))
-
-    diag = state.diag
-    if options.flips:
-        # Totals come from the optimizer's own diagnostics (computed every step anyway); the
-        # per-layer breakdown is computed only at log steps (below), so nothing is done twice.
-        stall = diag_lib.update_stall_window(diag["stall"], metrics["optim/flips"],
-                                             metrics["optim/updates"])
-        metrics["diag/windowed_stall_ratio"] = diag_lib.windowed_stall_ratio(stall)
-        diag = {**diag, "stall": stall}
-
-    if options.grad_stats:  # dead-gradient fraction every step, into a sliding window
-        leaves = jax.tree.leaves(grads)
-        n_dead = sum(jnp.sum(jnp.abs(g) < options.dead_threshold, dtype=jnp.float32)
-                     for g in leaves)
-        dead = diag_lib.update_dead_window(diag["dead"],
-                                           n_dead / float(sum(g.size for g in leaves)))
-        metrics["grad/windowed_dead_frac"] = diag_lib.windowed_dead_fraction(dead)
-        diag = {**diag, "dead": dead}
-
-    if options.flips or options.grad_stats or options.quant_health:
-        heavy = functools.partial(_log_time_diagnostics, format_fn=format_fn,
-                                  grad_format=grad_format, options=options)
-        args = (state.params, new_params, grads, updates)
-        shapes = jax.eval_shape(heavy, *args)
-        zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)  # noqa: E731
-        is_log_step = (((state.step + 1) % options.log_every == 0)
-                       | (state.step + 1 == options.num_steps))
-        metrics.update(jax.lax.cond(is_log_step, lambda: heavy(*args), zeros))
-
+    metrics["train/lr"] = _applied_lr(state, metrics, lr_schedule, options)
     streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
     first = jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
                       state.first_nonfinite_step)
@@ -145,14 +116,84 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
         step=state.step + 1, params=new_params, opt_state=new_opt_state,
         rng=jax.random.key_data(rng), nonfinite_streak=streak,
         nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
-        first_nonfinite_step=first, diag=diag)
-    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
-    return new_state, metrics
+        first_nonfinite_step=first)
+    return _Update(loss=loss, grads=grads, updates=updates, state=new_state, metrics=metrics)
+
+
+def _applied_lr(state, metrics, lr_schedule, options):
+    """The learning rate of the last applied update.
+
+    With `optax.inject_hyperparams` it is read from the optimizer state (which a skipped step
+    leaves unchanged); otherwise the schedule at the number of updates applied so far.
+    """
+    if "optim/learning_rate" in metrics:
+        return metrics["optim/learning_rate"]
+    if lr_schedule is None:
+        return jnp.float32(jnp.nan)
+    applied = state.step - (state.nonfinite_total if options.skip_nonfinite else 0)
+    return jnp.asarray(lr_schedule(applied), jnp.float32)
+
+
+def _as_float32(metrics: dict) -> dict:
+    return {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
+def train_step(state: TrainState, batch: dict, *, model: nn.Module,
+               tx: optax.GradientTransformation,
+               lr_schedule: Callable[[jax.Array], jax.Array] | None,
+               options: StepOptions) -> tuple[TrainState, dict]:
+    """One optimizer step on ``batch`` (``input_ids`` [B, L] int32, ``labels`` [B, C] float32)."""
+    u = _update(state, batch, model=model, tx=tx, lr_schedule=lr_schedule, options=options)
+    return u.state, _as_float32(u.metrics)
+
+
+def _step_diagnostics(old_params, u: _Update, format_fn, grad_format, options: StepOptions):
+    out = {}
+    if options.flips:
+        out.update(diag_lib.flip_stats(old_params, u.state.params, u.updates, format_fn))
+        out.update(diag_lib.below_half_step_fraction(old_params, u.updates, format_fn))
+    if options.grad_stats:
+        out.update(diag_lib.gradient_stats(u.grads, dead_threshold=options.dead_threshold))
+    if options.quant_health:
+        out.update(diag_lib.quantization_health(old_params, format_fn, grads=u.grads,
+                                                grad_format=grad_format))
+    return out
+
+
+def diag_step(state: TrainState, batch: dict, *, model: nn.Module,
+              tx: optax.GradientTransformation,
+              lr_schedule: Callable[[jax.Array], jax.Array] | None,
+              format_fn: Callable[[str], Any], grad_format: Any,
+              options: StepOptions) -> tuple[TrainState, dict]:
+    """`train_step` plus the diagnostics of this step and the sampled windows (module docstring).
+
+    Flips are counted between the params before and after the step with the optimizer's updates
+    as the "updated" coordinates (`altgrad_jax.diagnostics.flip_stats`).
+    """
+    u = _update(state, batch, model=model, tx=tx, lr_schedule=lr_schedule, options=options)
+    metrics = {**u.metrics, **_step_diagnostics(state.params, u, format_fn, grad_format, options)}
+    diag = dict(state.diag)
+    if options.flips:
+        diag["stall"] = diag_lib.update_stall_window(diag["stall"], metrics["diag/flips"],
+                                                     metrics["diag/updates"])
+        metrics["diag/windowed_stall_ratio"] = diag_lib.windowed_stall_ratio(diag["stall"])
+        metrics["diag/window_full"] = diag_lib.stall_window_full(diag["stall"])
+    if options.grad_stats:
+        diag["dead"] = diag_lib.update_dead_window(diag["dead"], metrics["grad/dead_frac"])
+        metrics["grad/windowed_dead_frac"] = diag_lib.windowed_dead_fraction(diag["dead"])
+    return u.state.replace(diag=diag), _as_float32(metrics)
 
 
 def make_train_step(**kwargs) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """`train_step` with its static arguments bound, jitted once, state donated."""
+    kwargs.pop("format_fn", None)
+    kwargs.pop("grad_format", None)
     return jax.jit(functools.partial(train_step, **kwargs), donate_argnums=0)
+
+
+def make_diag_step(**kwargs) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """`diag_step` with its static arguments bound, jitted once, state donated."""
+    return jax.jit(functools.partial(diag_step, **kwargs), donate_argnums=0)
 
 
 def eval_step(params: Any, batch: dict, *, model: nn.Module, pos_weight: float = 1.0):
