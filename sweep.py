@@ -1,127 +1,176 @@
-"""Run the "format x optimizer x seed" matrix, one run after another, then write the report.
+"""Run a study's cells in run order, write a compact record per finished run, rebuild the report.
 
-  python sweep.py --config=configs/matrix.py [--config.seeds=0,1] [--config.formats=E4M3,E5M2]
-      [--set=train.num_steps=600 ...] [--only=E5M2/adamw/0,...] [--dry_run] [--retry_diverged]
+  python sweep.py --config=configs/study_cpu.py [--dry_run] [--only=E5M2/ulp_sr/1,...]
+      [--set=train.num_steps=600 ...] [--retry_diverged]
 
 Flags:
-  --config          a matrix config (``configs/matrix.py``); any of its fields can be overridden
-                    with ``--config.<field>=...``.
-  --set             ``group.field=value`` applied to every run (repeatable), after the
-                    config's ``overrides``.
-  --only            run only these cells (``FORMAT/OPTIMIZER/SEED``, comma-separated); the plan
-                    and the report still cover the whole matrix.
-  --dry_run         print the plan (and write nothing).
-  --retry_diverged  rerun diverged runs (default: a diverged run is a result and is skipped).
+  --config          a study config (``configs/study_cpu.py``); fields overridable with
+                    ``--config.<field>=...``.
+  --set             ``group.field=value`` applied to every cell (repeatable).
+  --only            run only these cells (``FORMAT/ARM/SEED[/FACTOR]`` or run names).
+  --dry_run         print the cells in run order, which are done, and the estimated core-hours.
+  --retry_diverged  move each diverged run folder aside (renamed, kept) and start it fresh.
 
-Each run lives in ``<out_dir>/<format>__<optimizer>__s<seed>``. A completed run is skipped, an
-interrupted one resumes from its checkpoint (``train_and_evaluate`` does that), a diverging one is
-recorded and the sweep goes on. ``<out_dir>/matrix.json`` holds the plan, ``<out_dir>/report.md``
-the report (regenerate it with ``python -m altgrad_jax.analysis.report --sweep_dir=<out_dir>``).
+Each cell trains in ``<run_dir>/<name>`` (checkpoints; ignored by git). When it stops, its
+compact record goes to ``<report_dir>/runs/<name>.json`` (tracked) and the report is rebuilt
+from the records alone (``python -m altgrad_jax.analysis.report --study=<report_dir>``). A cell
+whose record says completed is never rerun; a diverged one is a result and is skipped unless
+``--retry_diverged``; an interrupted one resumes from its checkpoint. The tuning stage's records
+choose each arm's factor, applied to the arm's later cells; a cell whose arm's tuning is still
+pending is skipped ("blocked"). Several sweep processes may share one study (one per core): each
+claims a cell with a lock file ``<run_dir>/<name>.lock`` before training it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/matrix.py", "Matrix config file.",
-                                          lock_config=True)
-_SET = flags.DEFINE_multi_string("set", [], "group.field=value override for every run.")
-_ONLY = flags.DEFINE_list("only", [], "Cells to run: FORMAT/OPTIMIZER/SEED,...")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan only.")
-_RETRY_DIVERGED = flags.DEFINE_bool("retry_diverged", False, "Rerun diverged runs.")
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/study_cpu.py",
+                                          "Study config file.", lock_config=True)
+_SET = flags.DEFINE_multi_string("set", [], "group.field=value override for every cell.")
+_ONLY = flags.DEFINE_list("only", [], "Cells to run: FORMAT/ARM/SEED[/FACTOR] or run names.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and its cost only.")
+_RETRY_DIVERGED = flags.DEFINE_bool("retry_diverged", False,
+                                    "Move diverged run folders aside and rerun them fresh.")
 
 
-def _status(workdir: str) -> str | None:
-    path = os.path.join(workdir, "results.json")
-    if not os.path.exists(path):
+def _claim(path: str) -> bool:
+    """Creates the lock file ``path`` (atomically); a stale lock (dead pid) is taken over."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(open(path).read().strip() or 0)
+                os.kill(pid, 0)
+                return False  # held by a live process
+            except (ValueError, ProcessLookupError, OSError):
+                os.remove(path)
+                continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _move_aside(workdir: str) -> str | None:
+    """Renames a run folder to ``<workdir>.diverged-<n>`` (kept); returns the new path."""
+    if not os.path.isdir(workdir):
         return None
-    try:
-        with open(path) as f:
-            return json.load(f).get("status")
-    except (OSError, ValueError):
-        return None
+    n = 1
+    while os.path.exists(f"{workdir}.diverged-{n}"):
+        n += 1
+    os.rename(workdir, f"{workdir}.diverged-{n}")
+    return f"{workdir}.diverged-{n}"
 
 
-def _user_overrides(spec):
-    """The matrix/--set overrides of a spec (parsed and typed), without its preset's."""
-    from altgrad_jax.analysis.matrix import OPTIMIZER_PRESETS
-
-    return spec.overrides[len(OPTIMIZER_PRESETS[spec.optimizer]):]
-
-
-def plan(matrix_cfg, extra_overrides=(), only=()):
-    """(all specs, selected specs) of a matrix config; ValueError for bad input."""
+def _record_from_folder(spec, chosen, report_dir):
+    """Writes the record of a run folder that stopped (results.json present); returns it."""
     from altgrad_jax.analysis import matrix as matrix_lib
+    from altgrad_jax.analysis import records as records_lib
 
-    specs = matrix_lib.expand(matrix_cfg, extra_overrides=extra_overrides)
-    return specs, matrix_lib.select(specs, only)
+    field, value, factor = matrix_lib.tuned_value(spec, chosen)
+    rec = records_lib.make_record(spec, spec.workdir,
+                                  applied={"field": field, "value": value, "factor": factor})
+    records_lib.write_record(report_dir, rec)
+    return rec
 
 
-def run_sweep(matrix_cfg, *, extra_overrides=(), only=(), dry_run=False, retry_diverged=False,
-              log=print) -> dict:
-    """Plans, runs (sequentially, in this process) and reports a matrix.
-
-    Returns:
-      ``{"planned": n, "ran": [...], "skipped": [...], "diverged": [...], "report": path}``
-      (``report`` is None for a dry run).
-
-    Raises:
-      ValueError: bad matrix input (unknown format / preset / field, bad ``--only`` entry).
-    """
-    from altgrad_jax.analysis import matrix as matrix_lib
-
-    specs, selected = plan(matrix_cfg, extra_overrides, only)
-    out = {"planned": len(specs), "ran": [], "skipped": [], "diverged": [], "report": None}
-    log(f"matrix: {len(specs)} runs planned in {matrix_cfg.out_dir} "
-        f"({len(selected)} selected)")
-    for spec in selected:
-        state = _status(spec.workdir) or "new"
-        log(f"  {spec.name:<40s} {state:<11s} {dict(spec.overrides)}")
-    if dry_run:
-        return out
-
-    os.makedirs(matrix_cfg.out_dir, exist_ok=True)
-    plan_doc = {"version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "matrix": {**json.loads(matrix_cfg.to_json()),
-                           "overrides": [f"{k}={v!r}" for k, v in _user_overrides(specs[0])]},
-                "presets": {k: v for k, v in matrix_lib.OPTIMIZER_PRESETS.items()
-                            if k in {s.optimizer for s in specs}},
-                "runs": [s.to_dict() for s in specs]}
-    with open(os.path.join(matrix_cfg.out_dir, "matrix.json"), "w") as f:
-        json.dump(plan_doc, f, indent=2)
-
-    import jax
-
+def _rebuild_report(study, log) -> str | None:
     from altgrad_jax.analysis.report import write_report
+
+    try:
+        return write_report(study.report_dir)
+    except Exception as e:  # the report never stops the sweep; rebuild it by hand
+        log(f"report not rebuilt ({type(e).__name__}: {e})")
+        return None
+
+
+def _one(spec, study, records, chosen, retry_diverged, log, tag) -> str:
+    """Trains one cell if it needs it; returns what happened (ran/skipped/diverged/...)."""
+    from altgrad_jax.analysis import matrix as matrix_lib
     from altgrad_jax.train.loop import TrainingDiverged, train_and_evaluate
 
-    base = matrix_lib.load_config_file(str(matrix_cfg.base_config))
-    for i, spec in enumerate(selected, start=1):
-        status = _status(spec.workdir)
-        if status == "completed" or (status == "diverged" and not retry_diverged):
-            log(f"[{i}/{len(selected)}] {spec.name}: {status}, skipped")
-            out["skipped"].append(spec.name)
-            continue
-        log(f"[{i}/{len(selected)}] {spec.name}: "
-            f"{'resuming' if status else 'starting'} in {spec.workdir}")
+    rec = records.get(spec.name)
+    if rec is None and os.path.exists(os.path.join(spec.workdir, "results.json")):
+        rec = _record_from_folder(spec, chosen, study.report_dir)  # recorded late
+    status = (rec or {}).get("status")
+    if status == "completed" or (status == "diverged" and not retry_diverged):
+        log(f"{tag} {spec.name}: {status}, skipped")
+        return "skipped"
+    lock = os.path.join(study.run_dir, f"{spec.name}.lock")
+    if not _claim(lock):
+        log(f"{tag} {spec.name}: claimed by another sweep process, skipped")
+        return "claimed"
+    try:
+        if status == "diverged":
+            moved = _move_aside(spec.workdir)
+            log(f"{tag} {spec.name}: diverged before; folder moved to {moved}, starting fresh")
+        log(f"{tag} {spec.name}: {'resuming' if os.path.isdir(spec.workdir) else 'starting'}")
+        cfg = matrix_lib.run_config(spec, study.base, chosen=chosen)
+        outcome = "ran"
         try:
-            results = train_and_evaluate(matrix_lib.run_config(spec, base), spec.workdir)
-            test = results.get("test") or {}
-            log(f"[{i}/{len(selected)}] {spec.name}: {results['status']}, test micro-F1 "
-                f"{test.get('test/micro_f1')}")
-            out["ran"].append(spec.name)
+            train_and_evaluate(cfg, spec.workdir)
         except TrainingDiverged as e:
-            log(f"[{i}/{len(selected)}] {spec.name}: DIVERGED ({e}); continuing")
-            out["diverged"].append(spec.name)
-        finally:
+            log(f"{tag} {spec.name}: DIVERGED ({e}); continuing")
+            outcome = "diverged"
+        rec = _record_from_folder(spec, chosen, study.report_dir)
+        log(f"{tag} {spec.name}: {rec['status']}, test macro-F1 (tuned) "
+            f"{rec['metrics'].get('test_tuned/macro_f1')}")
+        return outcome
+    finally:
+        os.remove(lock)
+
+
+def run_sweep(study_cfg, *, extra_overrides=(), only=(), dry_run=False, retry_diverged=False,
+              log=print) -> dict:
+    """Plans and runs (sequentially, in this process) a study.
+
+    Returns:
+      ``{"planned": n, "ran": [...], "skipped": [...], "diverged": [...], "blocked": [...],
+      "claimed": [...], "report": path or None}``.
+
+    Raises:
+      ValueError: bad study input (unknown format / arm / field, bad ``--only`` entry).
+    """
+    from altgrad_jax.analysis import matrix as matrix_lib
+    from altgrad_jax.analysis import study as study_lib
+    from altgrad_jax.analysis import tuning as tuning_lib
+
+    study = study_lib.open_study(study_cfg, extra_overrides=extra_overrides)
+    selected = matrix_lib.select(study.specs, only)
+    out = {"planned": len(study.specs), "ran": [], "skipped": [], "diverged": [], "blocked": [],
+           "claimed": [], "report": None}
+    if dry_run:
+        for line in study_lib.dry_run_lines(study, selected):
+            log(line)
+        return out
+    import jax
+
+    for i, spec in enumerate(selected, start=1):
+        records = study.records()
+        choices = study.choices(records)
+        study_lib.write_plan(study, choices)
+        tag = f"[{i}/{len(selected)}]"
+        ch = choices.get(spec.arm)
+        if not spec.is_tuning and ch is not None and ch.status != "chosen":
+            log(f"{tag} {spec.name}: blocked (tuning of {spec.arm} {ch.status}: "
+                f"{', '.join(ch.missing) or 'no finite score'})")
+            out["blocked"].append(spec.name)
+            continue
+        what = _one(spec, study, records, tuning_lib.chosen_factors(choices.values()),
+                    retry_diverged, log, tag)
+        out[what].append(spec.name)
+        if what in ("ran", "diverged"):
             jax.clear_caches()  # every run compiles its own functions; do not keep them all
-    out["report"] = write_report(str(matrix_cfg.out_dir))
+            out["report"] = _rebuild_report(study, log)
+    study_lib.write_plan(study, study.choices())
+    out["report"] = _rebuild_report(study, log)
     log(f"report: {out['report']}")
     return out
 
@@ -132,7 +181,7 @@ def main(argv):
     try:
         run_sweep(_CONFIG.value, extra_overrides=tuple(_SET.value), only=tuple(_ONLY.value),
                   dry_run=_DRY_RUN.value, retry_diverged=_RETRY_DIVERGED.value,
-                  log=logging.info if not _DRY_RUN.value else print)
+                  log=print if _DRY_RUN.value else logging.info)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 

@@ -1,34 +1,38 @@
-"""The "format x optimizer x seed" experiment matrix: plan it, read it, test it, report it.
+"""The study: arms, cells, records, the pre-registered analysis and the report.
 
 Modules (nothing in ``altgrad_jax.train`` imports this package):
-  matrix   `expand(matrix_cfg) -> [RunSpec]`, `run_config(spec) -> ConfigDict`, the optimizer
-           presets (`OPTIMIZER_PRESETS`), `select` for ``sweep.py --only``. Pure, no training.
-  results  `load_sweep(dir) -> [Run]`, `load_run`, `read_jsonl` (a malformed line is a
-           ValueError naming ``file:line``), per-run summaries of ``metrics.jsonl``.
-  stats    `t_quantile` (exact, no SciPy), `mean_ci`, `bootstrap_ci`, `paired_differences`,
-           `cell_summaries`.
-  plots    PNG plots: F1 and stall ratio by format x optimizer with CIs, learning curves.
-  report   `write_report(sweep_dir) -> report.md`; also
-           ``python -m altgrad_jax.analysis.report --sweep_dir=DIR``.
+  matrix       the arms registry (`ARMS`), stages -> cells (`expand`, `RunSpec`), `run_config`.
+  overrides    config-file loading and typed ``group.field=value`` overrides.
+  tuning       the tuning rule: one factor per arm from the tuning records (`choose_factors`).
+  records      compact run records (`make_record`, `write_record`, `load_records`).
+  stats        the pooled OLS model, per-format contrasts with Holm, best vs runner-up, the
+               bootstrap winner probability, the exponent-bit trend, gap closed.
+  cost         done / to do and the core-hours of a study.
+  study        a study opened from its config (`open_study`), plan.json, the dry-run table.
+  plots        PNG plots from records.
+  report       ``write_report(report_dir)``; ``python -m altgrad_jax.analysis.report --study=DIR``.
+  test_matrix  ``TEST_MATRIX.md`` from the registries;
+               ``python -m altgrad_jax.analysis.test_matrix --config=configs/study_cpu.py``.
 
-Entry point for a sweep: ``python sweep.py --config=configs/matrix.py`` (see its docstring).
-The names below are imported on first use (plots/report pull in matplotlib).
+Entry point for a study: ``python sweep.py --config=configs/study_cpu.py`` (see its docstring).
+The names below are imported on first use (plots/report pull in matplotlib and statsmodels).
 """
 
 import importlib
 
 _EXPORTS = {
-    "OPTIMIZER_PRESETS": "matrix", "RunSpec": "matrix", "expand": "matrix",
-    "run_config": "matrix", "select": "matrix", "run_name": "matrix",
-    "parse_run_name": "matrix", "load_config_file": "matrix",
-    "Run": "results", "load_run": "results", "load_sweep": "results", "read_jsonl": "results",
-    "summarize_metrics": "results", "to_rows": "results",
-    "Summary": "stats", "PairedDifference": "stats", "t_quantile": "stats", "t_cdf": "stats",
-    "mean_ci": "stats", "bootstrap_ci": "stats", "paired_differences": "stats",
-    "cell_summaries": "stats",
-    "plot_metric_by_format": "plots", "plot_stall_by_format": "plots",
-    "plot_learning_curves": "plots",
-    "write_report": "report",
+    "ARMS": "matrix", "Arm": "matrix", "RunSpec": "matrix", "Stage": "matrix",
+    "expand": "matrix", "run_config": "matrix", "select": "matrix", "run_name": "matrix",
+    "parse_stage": "matrix", "load_config_file": "overrides", "parse_overrides": "overrides",
+    "choose_factors": "tuning", "Choice": "tuning",
+    "make_record": "records", "write_record": "records", "load_records": "records",
+    "read_jsonl": "records",
+    "fit_pooled": "stats", "format_contrasts": "stats", "best_vs_runner_up": "stats",
+    "winner_probability": "stats", "exponent_trend": "stats", "gap_closed": "stats",
+    "mean_ci": "stats",
+    "open_study": "study", "dry_run_lines": "study",
+    "write_report": "report", "analyse_primary": "report",
+    "write_test_matrix": "test_matrix",
 }
 __all__ = sorted(_EXPORTS)
 

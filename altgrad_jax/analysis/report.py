@@ -1,260 +1,323 @@
-"""The markdown report of a sweep: ``write_report(sweep_dir) -> <sweep_dir>/report.md``.
+"""The study report, rebuilt from the records alone: ``write_report(report_dir)`` writes
+``REPORT.md``, ``runs.csv`` and ``plots/*.png`` into ``reports/<study>/``.
 
-Contents: a banner when the data is the synthetic corpus, the status counts, the paired-difference
-tables answering "which format benefits most from manifold-aware updates" (each non-baseline
-optimizer minus the baseline on the same seed, per format, sorted, with the t and bootstrap CIs and
-a flag when the t CI includes 0), per-format "mean ± 95% CI" tables of test micro- and macro-F1,
-grid diagnostics and throughput per cell, the plots (``plots/*.png``), every run, and the diverged,
-unfinished and missing runs by name.
+Inputs: ``<report_dir>/runs/*.json`` (`altgrad_jax.analysis.records`) and, when present,
+``<report_dir>/plan.json`` (the cells planned, written by ``sweep.py``). Only completed runs enter
+any table; the diverged, unfinished and missing cells are listed by name. The analysis is the
+pre-registered one of `altgrad_jax.analysis.stats` (primary metric: test macro-F1 at the
+validation-tuned threshold; seed 0 = tuning, never in the test analysis).
 
-Command line (regenerates the report from the run folders, trains nothing)::
+Command line (trains nothing)::
 
-    python -m altgrad_jax.analysis.report --sweep_dir=runs/matrix
+    python -m altgrad_jax.analysis.report --study=reports/study_cpu
 """
 
 from __future__ import annotations
 
-import datetime
 import math
 import os
 from collections.abc import Sequence
 
+import pandas as pd
+
 from altgrad_jax.analysis import plots as plots_lib
-from altgrad_jax.analysis.results import Run, axes_order, load_sweep, read_plan
-from altgrad_jax.analysis.stats import PairedDifference, cell_summaries, paired_differences
+from altgrad_jax.analysis import stats
+from altgrad_jax.analysis.matrix import ARMS, CONTROLS, PRIMARY_ARMS, TREATMENT
+from altgrad_jax.analysis.records import MECHANISM_KEYS, load_records, read_json, value
 
-DEFAULT_BASELINE = "adamw"
-SYNTHETIC_BANNER = (
-    "> **SYNTHETIC DATA.** These runs trained on the project's synthetic multi-label corpus, not "
-    "on EURLEX57K. The numbers below say nothing about EURLEX57K or about which format is better "
-    "on real data; they only show that the pipeline runs.")
-_PLOTS = (("f1_by_format.png", "Test micro-F1 by format and optimizer"),
-          ("macro_f1_by_format.png", "Test macro-F1 by format and optimizer"),
-          ("stall_by_format.png", "Stall ratio (last 20% of steps) by format"),
-          ("learning_curves.png", "Train loss"))
-
-
-def _fmt(v: float | None, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "—"
-    return f"{v:.{digits}f}"
-
-
-def _signed(v: float, digits: int = 4) -> str:
-    return "—" if not math.isfinite(v) else f"{v:+.{digits}f}"
-
-
-def _ci(lo: float, hi: float, digits: int = 4) -> str:
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return "n/a"
-    return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]"
+PRIMARY = ("test_tuned/macro_f1", "test macro-F1 (tuned threshold)")
+SECONDARY = (("test_tuned/micro_f1", "test micro-F1 (tuned threshold)"),
+             ("test/pr_auc_micro", "test micro PR-AUC"))
+FORMAT_ORDER = ("E0M7", "E1M6", "E2M5", "E3M4", "E4M3", "E5M2", "E6M1", "E7M0", "BF16", "none")
+SYNTHETIC_BANNER = ("> **SYNTHETIC DATA.** Some runs trained on the project's synthetic corpus, "
+                    "not on EURLEX57K: their numbers say nothing about the question.")
+CAVEATS = (
+    "Exponent bias is irrelevant here: under per-tensor amax scaling the bias is a power of two "
+    "the scale absorbs.",
+    "E1M6 = E0M7: E1M6 is the E0M7 grid times 4, so under amax scaling both give identical "
+    "quantized tensors (the `e1m6` rows check it).",
+    "Gradient-mode ManifoldAdamW (`manifold_gradient`, the seeds' algorithm) is AdamW with "
+    "epsilon eps/S: Adam's normalisation cancels a per-coordinate scale that is constant in time.",
+    "CPU scale (2 layers, d=128, length 128, ~1,000 steps) vs the seeds' full scale (6 layers, "
+    "d=384, length 512): ~40x fewer FLOPs per step and under one epoch; effects may change with "
+    "scale.",
+    "What is quantized: the dense kernels (attention and MLP) in the named format; the embedding "
+    "table is its own factor (`quant.embedding_format`, float32 here unless a record says "
+    "otherwise); head, biases and LayerNorm stay float32 and get plain AdamW in every arm.",
+)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def _f(v, d=4) -> str:
+    return "—" if v is None or not math.isfinite(v) else f"{v:.{d}f}"
+
+
+def _ci(c) -> str:
+    return f"{c.estimate:+.4f} [{c.lo:+.4f}, {c.hi:+.4f}]"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return out
+    return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
-def _cell_table(runs: Sequence[Run], metric: str, digits: int = 4) -> list[str]:
-    formats, optimizers = axes_order(runs)
-    summ = cell_summaries(runs, metric)
+def _order(values) -> list[str]:
+    vals = set(values)
+    return [f for f in FORMAT_ORDER if f in vals] + sorted(vals - set(FORMAT_ORDER))
+
+
+def _mean_cell(recs, fmt, arm, key) -> str:
+    s = stats.mean_ci([v for r in recs if r["format"] == fmt and r["arm"] == arm
+                       and (v := value(r, key)) is not None])
+    if s.n == 0:
+        return "—"
+    return f"{s.mean:.4f} (n=1)" if s.n == 1 else f"{s.mean:.4f} ± {s.half_width:.4f} (n={s.n})"
+
+
+def analyse_primary(records: Sequence[dict], metric: str = PRIMARY[0], *, n_boot: int = 2000,
+                    seed: int = 0) -> dict | None:
+    """The pre-registered analysis of ``metric`` (None until the pooled model can be fitted):
+    ``fit``, ``contrasts`` ({control: [Contrast per format]}), ``best``, ``runner_up``,
+    ``best_vs_runner_up``, ``p_winner``, ``trend``, ``gap`` ({(format, arm): G})."""
+    df = stats.primary_frame(records, metric, PRIMARY_ARMS)
+    fit = stats.fit_pooled(df, PRIMARY_ARMS, formats=_order(df["format"]))
+    if fit is None:
+        return None
+    control = CONTROLS[0]
+    best, second, bvr = stats.best_vs_runner_up(fit, TREATMENT, control)
+    fp32 = stats.mean_ci([value(r, metric) for r in records if r["format"] == "none"
+                          and r["arm"] == "adamw" and r.get("factor") is None
+                          and int(r["seed"]) != 0 and value(r, metric) is not None]).mean
+    return {"fit": fit, "contrasts": {c: stats.format_contrasts(fit, TREATMENT, c)
+                                      for c in CONTROLS},
+            "best": best, "runner_up": second, "best_vs_runner_up": bvr,
+            "p_winner": stats.winner_probability(fit, TREATMENT, control, n_boot=n_boot,
+                                                 seed=seed),
+            "trend": stats.exponent_trend(fit, TREATMENT, control),
+            "gap": stats.gap_closed(stats.cell_means(df), fp32 if math.isfinite(fp32) else None),
+            "fp32": fp32}
+
+
+def answer_paragraph(a: dict | None, n_done: int, n_planned: int) -> str:
+    """The report's first paragraph: the answer with numbers and intervals, or why there is none."""
+    missing = f" ({n_done} of {n_planned} primary cells completed.)" if n_planned else ""
+    if a is None:
+        return ("**Not answerable yet.** The pooled model needs every primary arm (adamw_rtn, "
+                "adamw_sr, ulp_sr) completed on at least two formats, with residual degrees of "
+                f"freedom left.{missing}")
+    by_f = {c.label.split(":")[0]: c for c in a["contrasts"][CONTROLS[0]]}
+    rtn = {c.label.split(":")[0]: c for c in a["contrasts"][CONTROLS[1]]}
+    best, second, bvr = a["best"], a["runner_up"], a["best_vs_runner_up"]
+    b = by_f[best]
+    sig = [f for f, c in by_f.items() if c.p_holm < 0.05 and c.estimate > 0]
+    head = (f"Largest benefit of ULP-aware updates beyond unbiased rounding (ulp_sr − adamw_sr, "
+            f"{PRIMARY[1]}): **{best}**, {_ci(b)} (95% CI; Holm p = {b.p_holm:.3g}); against "
+            f"naive rounding (ulp_sr − adamw_rtn) {_ci(rtn[best])}.")
+    if bvr.excludes_zero and bvr.estimate > 0:
+        verdict = (f" **{best} benefits most**: best − runner-up ({second}) = {_ci(bvr)}, "
+                   f"bootstrap P({best} is the winner) = {a['p_winner'][best]:.2f}.")
+    else:
+        verdict = (f" **The winner is not distinguishable** from the runner-up ({second}): best − "
+                   f"runner-up = {_ci(bvr)} includes 0 (bootstrap P({best} is the winner) = "
+                   f"{a['p_winner'][best]:.2f}).")
+    count = (f" Formats with a Holm-significant positive benefit: "
+             f"{', '.join(sig) if sig else 'none'}. Trend of the benefit per exponent bit: "
+             f"{_ci(a['trend'])}.")
+    return head + verdict + count + missing
+
+
+def _primary_table(a: dict, recs) -> list[str]:
+    rows = []
+    c_sr = {c.label.split(":")[0]: c for c in a["contrasts"]["adamw_sr"]}
+    c_rtn = {c.label.split(":")[0]: c for c in a["contrasts"]["adamw_rtn"]}
+    for f in a["fit"].formats:
+        rows.append([f, *(_mean_cell(recs, f, arm, PRIMARY[0]) for arm in PRIMARY_ARMS),
+                     _ci(c_sr[f]), f"{c_sr[f].p_holm:.3g}", _ci(c_rtn[f]),
+                     f"{c_rtn[f].p_holm:.3g}", _f(a["gap"].get((f, "adamw_sr")), 2),
+                     _f(a["gap"].get((f, "ulp_sr")), 2), f"{a['p_winner'][f]:.2f}"])
+    return _table(["format", *PRIMARY_ARMS, "ulp_sr − adamw_sr [95% CI]", "Holm p",
+                   "ulp_sr − adamw_rtn [95% CI]", "Holm p", "G adamw_sr", "G ulp_sr",
+                   "P(winner)"], rows)
+
+
+def _secondary(records) -> list[str]:
+    lines = []
+    for metric, label in SECONDARY:
+        a = analyse_primary(records, metric, n_boot=500)
+        lines += [f"### {label}", ""]
+        if a is None:
+            lines += ["Not enough completed cells.", ""]
+            continue
+        rows = [[c.label.split(":")[0], _ci(c), f"{c.p_holm:.3g}"]
+                for c in a["contrasts"]["adamw_sr"]]
+        lines += _table(["format", "ulp_sr − adamw_sr [95% CI]", "Holm p"], rows) + [""]
+        lines += [f"Best: {a['best']}; best − runner-up ({a['runner_up']}) "
+                  f"{_ci(a['best_vs_runner_up'])}.", ""]
+    return lines
+
+
+def _mechanism(recs, formats) -> list[str]:
     rows = []
     for f in formats:
-        row = [f]
-        for o in optimizers:
-            s = summ.get((f, o))
-            if s is None or s.n == 0:
-                row.append("—")
-            elif s.n == 1:
-                row.append(f"{s.mean:.{digits}f} (n=1, no CI)")
-            else:
-                row.append(f"{s.mean:.{digits}f} ± {s.half_width:.{digits}f} (n={s.n})")
-        rows.append(row)
-    return _table(["format", *optimizers], rows)
+        for arm in ARMS:
+            if any(r["format"] == f and r["arm"] == arm for r in recs):
+                rows.append([f, arm, *(_mean_cell(recs, f, arm, f"mech/{k}/"
+                                                  f"{'last' if k.startswith('rank') else 'tail'}")
+                                       for k in MECHANISM_KEYS)])
+    return _table(["format", "arm", *MECHANISM_KEYS], rows)
 
 
-def _paired_section(runs: Sequence[Run], treatment: str, baseline: str) -> list[str]:
-    micro = paired_differences(runs, "test/micro_f1", treatment, baseline=baseline)
-    macro = {d.format: d for d in paired_differences(runs, "test/macro_f1", treatment,
-                                                     baseline=baseline)}
-    lines = [f"### {treatment} − {baseline}", ""]
-    if not micro:
-        return lines + [f"No format has a completed {treatment} run and a completed {baseline} "
-                        "run on the same seed.", ""]
+def _seeds12(recs) -> list[str]:
+    fm = _order(r["format"] for r in recs if ARMS[r["arm"]].regime == "a" and r["format"] != "none"
+                and r["arm"] in ("adamw", "manifold_gradient"))
     rows = []
-    for rank, d in enumerate(micro, start=1):
-        s = d.summary
-        if s.n < 2:
-            verdict = "n/a (1 pair, no CI)"
-        elif d.significant:
-            verdict = "**yes**"
-        else:
-            verdict = "no (CI includes 0)"
-        m: PairedDifference | None = macro.get(d.format)
-        macro_cell = "—" if m is None else (
-            f"{_signed(m.summary.mean)} {_ci(m.summary.lo, m.summary.hi)}")
-        rows.append([str(rank), d.format, str(s.n), _signed(s.mean), _ci(s.lo, s.hi),
-                     _ci(*d.bootstrap), verdict, macro_cell])
-    lines += _table(["rank", "format", "pairs", "Δ test micro-F1", "95% t-CI",
-                     "95% bootstrap CI", "significant", "Δ test macro-F1 [95% t-CI]"], rows)
-    best = micro[0]
-    sig = [d for d in micro if d.significant and d.summary.mean > 0]
-    lines.append("")
-    if sig:
-        lines.append(f"Largest significant gain from {treatment}: **{sig[0].format}** "
-                     f"({_signed(sig[0].summary.mean)} test micro-F1, 95% CI "
-                     f"{_ci(sig[0].summary.lo, sig[0].summary.hi)}, {sig[0].summary.n} pairs).")
-    else:
-        lines.append(f"No format shows a significant gain from {treatment} over {baseline} "
-                     f"(largest mean difference: {best.format}, {_signed(best.summary.mean)}; "
-                     "with this many seeds, differences of this size cannot be told from noise).")
-    return lines + [""]
+    for f in fm:
+        diffs = []
+        for s in sorted({int(r["seed"]) for r in recs if r["format"] == f}):
+            v = {r["arm"]: value(r, PRIMARY[0]) for r in recs if r["format"] == f
+                 and int(r["seed"]) == s and r["arm"] in ("adamw", "manifold_gradient")}
+            if None not in v.values() and len(v) == 2:
+                diffs.append(v["manifold_gradient"] - v["adamw"])
+        d = stats.mean_ci(diffs)
+        rows.append([f, _mean_cell(recs, f, "adamw", PRIMARY[0]),
+                     _mean_cell(recs, f, "manifold_gradient", PRIMARY[0]),
+                     "—" if d.n < 2 else f"{d.mean:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]"])
+    return _table(["format", "adamw", "manifold_gradient", "difference (paired) [95% CI]"], rows)
 
 
-def write_report(sweep_dir: str, *, baseline: str | None = None, plots: bool = True) -> str:
-    """Writes ``<sweep_dir>/report.md`` (and ``<sweep_dir>/plots/*.png``); returns its path.
+def _e1m6(recs) -> list[str]:
+    rows = []
+    for r in recs:
+        if r["format"] != "E1M6":
+            continue
+        twin = [t for t in recs if t["format"] == "E0M7" and t["arm"] == r["arm"]
+                and t["seed"] == r["seed"] and t.get("factor") == r.get("factor")]
+        if twin:
+            a, b = value(r, PRIMARY[0]), value(twin[0], PRIMARY[0])
+            la, lb = value(r, "test/loss"), value(twin[0], "test/loss")
+            rows.append([r["arm"], r["seed"], _f(a), _f(b),
+                         _f(abs(a - b) if None not in (a, b) else None, 6),
+                         _f(abs(la - lb) if None not in (la, lb) else None, 6)])
+    return _table(["arm", "seed", "E1M6", "E0M7", "|Δ macro-F1|", "|Δ test loss|"], rows)
 
-    Args:
-      sweep_dir: a folder written by ``sweep.py`` (``matrix.json`` and one folder per run).
-      baseline: the optimizer preset the paired differences subtract (default: matrix.json's
-        ``baseline``, else ``"adamw"``).
-      plots: also draw and embed the PNG plots.
+
+def _tuning(recs, plan) -> list[str]:
+    rows = []
+    for r in sorted((r for r in recs if r.get("factor")), key=lambda r: (r["arm"], r["format"])):
+        rows.append([r["arm"], r["format"], r["factor"], (r.get("applied") or {}).get("field", ""),
+                     _f(value(r, "applied/value"), 5), _f(value(r, "eval_tuned/macro_f1"))])
+    chosen = (plan or {}).get("chosen", {})
+    lines = _table(["arm", "format", "factor", "field", "value", "val macro-F1 (tuned thr.)"],
+                   rows)
+    return lines + ["", "Chosen factors: " + (", ".join(f"{k} x{v}" for k, v in chosen.items())
+                                              or "none yet") + "."]
+
+
+def _status(all_recs, plan) -> tuple[list[str], int, int]:
+    planned = [c for c in (plan or {}).get("cells", [])]
+    names = {c["name"] for c in planned} | set(all_recs)
+    done = {n for n, r in all_recs.items() if r.get("status") == "completed"}
+    prim = [c["name"] for c in planned if c.get("stage") == "primary"]
+    lines = [f"Cells: {len(names)} planned or recorded, {len(done)} completed."]
+    not_done = [n for n in ([c["name"] for c in planned] or sorted(names)) if n not in done]
+    if not_done:
+        lines += ["", "Not completed (excluded from every table):", ""]
+        for n in not_done:
+            r = all_recs.get(n)
+            st = "missing (never finished)" if r is None else r.get("status", "?")
+            lines.append(f"- `{n}`: {st}" + (f" at step {r.get('step')}: {r.get('reason')}"
+                                               if r and r.get("reason") else ""))
+    return lines, len([n for n in prim if n in done]), len(prim)
+
+
+def write_report(report_dir: str, *, plots: bool = True, n_boot: int = 2000) -> str:
+    """Writes ``REPORT.md``, ``runs.csv`` and ``plots/*.png`` in ``report_dir``; returns the
+    report's path.
 
     Raises:
-      FileNotFoundError: ``sweep_dir`` does not exist.
-      ValueError: a malformed run file (``file:line``).
+      FileNotFoundError: ``report_dir`` does not exist.
+      ValueError: a malformed record.
     """
-    runs = load_sweep(sweep_dir)
-    plan = read_plan(sweep_dir) or {}
-    matrix = plan.get("matrix") or {}
-    baseline = baseline or matrix.get("baseline") or DEFAULT_BASELINE
-    formats, optimizers = axes_order(runs)
-    by_status: dict[str, list[Run]] = {}
-    for r in runs:
-        by_status.setdefault(r.status, []).append(r)
-    datasets = sorted({r.dataset for r in runs if r.dataset})
-
-    lines = ["# Experiment matrix report", ""]
-    n_synth = sum(r.dataset == "synthetic" for r in runs)
-    if n_synth:
-        n_known = sum(r.dataset is not None for r in runs)
-        lines += [SYNTHETIC_BANNER + f" ({n_synth} of {n_known} runs with a known dataset.)", ""]
-    lines += [f"Sweep folder: `{os.path.basename(os.path.abspath(sweep_dir))}`; generated "
-              f"{datetime.datetime.now().isoformat(timespec='seconds')}.", ""]
-    if matrix:
-        lines += [f"Base config: `{matrix.get('base_config', '?')}`; overrides: "
-                  f"`{list(matrix.get('overrides') or [])}`.", ""]
-    lines += [f"Dataset(s): {', '.join(datasets) if datasets else 'unknown (no finished run)'}. "
-              f"Formats: {', '.join(formats) or '—'}. Optimizers: {', '.join(optimizers) or '—'}. "
-              f"Seeds: {', '.join(str(s) for s in sorted({r.seed for r in runs})) or '—'}.", ""]
-    counts = ", ".join(f"{k}: {len(v)}" for k, v in sorted(by_status.items()))
-    lines += [f"Runs: {len(runs)} ({counts or 'none'}). Only completed runs enter the statistics; "
-              "CIs are 95% Student-t intervals of the mean over seeds.", ""]
-
-    lines += ["## Which format benefits most from manifold-aware updates?", "",
-              f"Paired differences per format: optimizer preset minus `{baseline}` on the same seed "
-              "(same initialisation and data order), test micro-F1 at threshold 0.5. A difference "
-              "is significant when its 95% t-CI excludes 0.", ""]
-    treatments = [o for o in optimizers if o != baseline]
-    if baseline not in optimizers:
-        lines += [f"The baseline `{baseline}` is not in this sweep: no paired differences.", ""]
-    elif not treatments:
-        lines += ["The sweep has only the baseline optimizer: no paired differences.", ""]
-    else:
-        for t in treatments:
-            lines += _paired_section(runs, t, baseline)
-
-    lines += ["## Test F1 per format (mean ± 95% CI half-width over seeds)", "",
-              "### Test micro-F1", ""]
-    lines += _cell_table(runs, "test/micro_f1") + [""]
-    lines += ["### Test macro-F1", ""] + _cell_table(runs, "test/macro_f1") + [""]
-    lines += ["### Test micro-F1 at the validation-tuned threshold", ""]
-    lines += _cell_table(runs, "test_tuned/micro_f1") + [""]
-
-    lines += ["## Grid diagnostics (mean ± 95% CI over seeds)", "",
-              "Stall ratio: fraction of updated weights whose quantized value did not change, "
-              "averaged over the last 20% of logged steps. With float32 master weights a stall "
-              "does not stop learning; with weights on the grid (`grid`) it does.", "",
-              "### Stall ratio (last 20% of steps)", ""]
-    lines += _cell_table(runs, "summary/stall_ratio_tail") + [""]
-    lines += ["### Flip rate (last logged step)", ""]
-    lines += _cell_table(runs, "summary/flip_rate_final") + [""]
-    if any(r.get("summary/rank_effective_mean_final") is not None for r in runs):
-        lines += ["### Effective rank, mean over layers (last measurement)", ""]
-        lines += _cell_table(runs, "summary/rank_effective_mean_final", 2) + [""]
-    lines += ["### Throughput (train steps/s)", ""]
-    lines += _cell_table(runs, "steps_per_s", 3) + [""]
-
-    if {"E0M7", "E1M6"} <= set(formats):
-        lines += ["Note: under per-tensor amax scaling E1M6 is the E0M7 grid times 4 and the "
-                  "exponent bias has no effect, so E0M7 and E1M6 quantize identically; their "
-                  "cells compare one format with itself.", ""]
-
-    if plots and runs:
-        lines += ["## Plots", ""]
-        plot_dir = os.path.join(sweep_dir, "plots")
-        plots_lib.plot_metric_by_format(runs, os.path.join(plot_dir, _PLOTS[0][0]),
-                                        "test/micro_f1", "test micro-F1")
-        plots_lib.plot_metric_by_format(runs, os.path.join(plot_dir, _PLOTS[1][0]),
-                                        "test/macro_f1", "test macro-F1")
-        plots_lib.plot_stall_by_format(runs, os.path.join(plot_dir, _PLOTS[2][0]))
-        plots_lib.plot_learning_curves(runs, os.path.join(plot_dir, _PLOTS[3][0]))
-        for fname, title in _PLOTS:
-            lines += [f"![{title}](plots/{fname})", ""]
-
-    lines += ["## Runs", ""]
-    rows = [[r.name, r.format, r.optimizer, str(r.seed), r.status,
-             "—" if r.step is None else str(r.step), _fmt(r.get("test/micro_f1")),
-             _fmt(r.get("test/macro_f1")), _fmt(r.get("test_tuned/micro_f1")),
-             _fmt(r.get("summary/stall_ratio_tail")), _fmt(r.get("summary/flip_rate_final")),
-             _fmt(r.get("summary/rank_effective_mean_final"), 2), _fmt(r.get("steps_per_s"), 3),
-             str(r.fallback_events)] for r in runs]
-    lines += _table(["run", "format", "optimizer", "seed", "status", "step", "test micro-F1",
-                     "test macro-F1", "tuned micro-F1", "stall (tail)", "flip rate",
-                     "eff. rank", "steps/s", "fallbacks"], rows) + [""]
-
-    not_done = [r for r in runs if r.status != "completed"]
-    lines += ["## Diverged, unfinished and missing runs", ""]
-    if not not_done:
-        lines += ["None: every planned run completed.", ""]
-    else:
-        for r in not_done:
-            detail = {"diverged": f"diverged at step {r.step}",
-                      "interrupted": f"interrupted at step {r.step} (rerun the sweep to resume)",
-                      "incomplete": f"started, no results.json (killed or still running; last "
-                                    f"logged step {r.step})",
-                      "missing": "never started"}.get(r.status, f"status {r.status!r}")
-            if r.reason:
-                detail += f": {r.reason}"
-            lines.append(f"- `{r.name}`: {detail}")
-        lines += ["", "These runs are excluded from every table and CI above; a cell with fewer "
-                  "seeds than planned says so in its n.", ""]
-
-    path = os.path.join(sweep_dir, "report.md")
+    if not os.path.isdir(report_dir):
+        raise FileNotFoundError(f"study folder {report_dir!r} does not exist")
+    plan_path = os.path.join(report_dir, "plan.json")
+    plan = read_json(plan_path) if os.path.exists(plan_path) else None
+    all_recs = load_records(report_dir)
+    recs = [r for r in all_recs.values() if r.get("status") == "completed"]
+    test_recs = [r for r in recs if r.get("factor") is None and int(r["seed"]) != 0]
+    status_lines, n_done, n_planned = _status(all_recs, plan)
+    a = analyse_primary(test_recs, n_boot=n_boot)
+    title = (plan or {}).get("study") or os.path.basename(os.path.abspath(report_dir))
+    lines = [f"# {title}: which 8-bit format benefits most from ULP-aware updates?", "",
+             answer_paragraph(a, n_done, n_planned), ""]
+    if any(r.get("dataset") == "synthetic" for r in recs):
+        lines += [SYNTHETIC_BANNER, ""]
+    lines += ["## Status", ""] + status_lines + [""]
+    lines += ["## Primary contrast (regime b, seeds ≠ 0)", "",
+              f"Metric: {PRIMARY[1]}. One pooled OLS model `{stats.FORMULA}`; contrasts with 95% "
+              "t-intervals, Holm across formats; G = (arm − adamw_rtn) / (fp32 − adamw_rtn); "
+              "P(winner) from a seeded residual bootstrap.", ""]
+    lines += (_primary_table(a, test_recs) if a else ["Not enough completed cells yet."]) + [""]
+    lines += ["## Secondary metrics", ""] + _secondary(test_recs)
+    fmts = _order(r["format"] for r in test_recs)
+    lines += ["## Mechanism (tail mean over the last 20% of diagnostics steps; rank: last)", "",
+              "Fraction of updates below half a grid step, mean |grid steps| moved per updated "
+              "coordinate, stall ratio, flips and updates per diagnostics step, effective rank.",
+              ""] + _mechanism(test_recs, fmts) + [""]
+    lines += ["## The seeds' 12 conditions (regime a)", ""] + _seeds12(test_recs) + [""]
+    lines += ["## E1M6 next to E0M7", ""] + _e1m6(recs) + [""]
+    lines += ["## References (FP32, BF16)", ""]
+    lines += _table(["format", "arm", PRIMARY[1]],
+                    [[f, arm, _mean_cell(test_recs, f, arm, PRIMARY[0])]
+                     for f in ("none", "BF16") for arm in ("adamw",) + PRIMARY_ARMS
+                     if any(r["format"] == f and r["arm"] == arm for r in test_recs)]) + [""]
+    lines += ["## Tuning (seed 0)", ""] + _tuning(recs, plan) + [""]
+    lines += ["## Caveats", ""] + [f"- {c}" for c in CAVEATS] + [""]
+    rows = [{"name": r["name"], "stage": r.get("stage"), "format": r["format"], "arm": r["arm"],
+             "regime": r.get("regime"), "seed": r["seed"], "factor": r.get("factor"),
+             "status": r.get("status"), "step": r.get("step"), "dataset": r.get("dataset"),
+             "tuned_value": value(r, "applied/value"), **(r.get("metrics") or {}),
+             **{f"{k}/tail": value(r, f"mech/{k}/tail") for k in MECHANISM_KEYS},
+             **{f"perf/{k}": v for k, v in (r.get("perf") or {}).items()}}
+            for r in all_recs.values()]
+    pd.DataFrame(rows).to_csv(os.path.join(report_dir, "runs.csv"), index=False)
+    lines += ["Every run: [runs.csv](runs.csv).", ""]
+    if plots and recs:
+        lines += _plots(report_dir, test_recs, fmts)
+    path = os.path.join(report_dir, "REPORT.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))
     return path
 
 
+def _plots(report_dir, recs, fmts) -> list[str]:
+    d = os.path.join(report_dir, "plots")
+    prim = [f for f in fmts if any(r["format"] == f and r["arm"] in PRIMARY_ARMS for r in recs)]
+    plots_lib.plot_metric_by_format(recs, os.path.join(d, "primary_by_format.png"), PRIMARY[0],
+                                    prim, PRIMARY_ARMS, PRIMARY[1])
+    plots_lib.plot_mechanism(recs, os.path.join(d, "mechanism.png"), MECHANISM_KEYS[:3], prim,
+                             PRIMARY_ARMS)
+    plots_lib.plot_learning_curves(recs, os.path.join(d, "learning_curves.png"), prim,
+                                   PRIMARY_ARMS)
+    return ["## Plots", "", "![primary metric](plots/primary_by_format.png)", "",
+            "![mechanism](plots/mechanism.png)", "", "![learning curves](plots/learning_curves.png)",
+            ""]
+
+
 def main(argv: Sequence[str]) -> None:
-    """``python -m altgrad_jax.analysis.report --sweep_dir=DIR [--baseline=adamw]``."""
+    """``python -m altgrad_jax.analysis.report --study=reports/<study>``."""
     from absl import flags
 
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {list(argv[1:])}")
     try:
-        path = write_report(flags.FLAGS.sweep_dir, baseline=flags.FLAGS.baseline or None)
+        print(write_report(flags.FLAGS.study))
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    print(path)
 
 
 if __name__ == "__main__":
     from absl import app, flags
 
-    flags.DEFINE_string("sweep_dir", None, "Sweep folder written by sweep.py.")
-    flags.DEFINE_string("baseline", "", "Optimizer preset subtracted in the paired differences "
-                        "(default: matrix.json's baseline, else adamw).")
-    flags.mark_flags_as_required(["sweep_dir"])
+    flags.DEFINE_string("study", None, "Study folder (reports/<study>) holding runs/*.json.")
+    flags.mark_flags_as_required(["study"])
     app.run(main)

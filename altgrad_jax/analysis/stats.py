@@ -1,14 +1,22 @@
-"""Small-sample statistics for the matrix: Student-t confidence intervals, paired differences and a
-seeded bootstrap, in NumPy only (no SciPy).
+"""The pre-registered analysis of the primary contrast (statsmodels / SciPy; fixed before the runs).
 
-The Student t quantile is computed exactly (to ~1e-10) for any degrees of freedom from the
-regularized incomplete beta function:
+Primary metric: test macro-F1 at the validation-tuned threshold (``test_tuned/macro_f1``);
+secondary: tuned micro-F1 and the threshold-free micro PR-AUC. One pooled OLS model is fitted on
+the regime-(b) primary cells (formats x {adamw_rtn, adamw_sr, ulp_sr} x the test seeds):
 
-    P(T <= t) = 1 - I_{df / (df + t^2)}(df / 2, 1 / 2) / 2        for t >= 0,
+    y = mu + format_f + arm_a + (format x arm)_fa + seed_s + e,      e ~ N(0, sigma^2)
 
-with ``I`` evaluated by its continued fraction (modified Lentz) and the quantile found by
-bisection. References: Abramowitz & Stegun 26.7.1 and 26.5.8; Press et al., *Numerical Recipes*,
-section 6.4.
+(``y ~ C(format) * C(arm) + C(seed)``; seeds are paired across cells: same init and data order).
+From it, per format, the contrasts ``ulp_sr - adamw_sr`` (the geometry benefit beyond unbiased
+rounding) and ``ulp_sr - adamw_rtn``, each a linear combination ``L beta`` with its t interval
+on the model's residual degrees of freedom; p-values Holm-corrected across formats (`holm`).
+"Format X benefits most" is claimed only when the interval of (best - runner-up) excludes 0;
+`winner_probability` is the residual-bootstrap probability (seeded) that the observed winner
+stays the winner; `exponent_trend` is the least-squares slope of the per-format benefit on the
+exponent bits, again a linear combination of the same coefficients.
+
+References: Holm, "A simple sequentially rejective multiple test procedure", Scand. J. Stat.
+1979; Efron & Tibshirani, *An Introduction to the Bootstrap*, 1993 (residual bootstrap, ch. 9).
 """
 
 from __future__ import annotations
@@ -16,238 +24,212 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import numpy as np
+import pandas as pd
+import patsy
+import scipy.stats
+import statsmodels.api as sm
+from statsmodels.stats.multitest import multipletests
 
+from altgrad_jax.formats import get_format
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 1000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta function ``I_x(a, b)`` for ``a, b > 0``, ``0 <= x <= 1``."""
-    if not (a > 0 and b > 0):
-        raise ValueError(f"betainc needs a, b > 0, got a={a}, b={b}")
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"betainc needs 0 <= x <= 1, got {x}")
-    if x in (0.0, 1.0):
-        return x
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
-    front = math.exp(log_front)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    """``P(T <= t)`` for Student's t with ``df > 0`` degrees of freedom."""
-    if not df > 0:
-        raise ValueError(f"degrees of freedom must be > 0, got {df}")
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
-
-
-def t_quantile(p: float, df: float) -> float:
-    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (``t_{p, df}``).
-
-    Example:
-      >>> round(t_quantile(0.975, 4), 3)
-      2.776
-    """
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"p must be in (0, 1), got {p}")
-    if not df > 0:
-        raise ValueError(f"degrees of freedom must be > 0, got {df}")
-    if p == 0.5:
-        return 0.0
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
+FORMULA = "y ~ C(format) * C(arm) + C(seed)"
 
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-    """Mean of ``n`` values with the sample std (ddof=1) and a Student-t CI of the mean.
-
-    ``std``, ``half_width``, ``lo`` and ``hi`` are NaN for ``n < 2``; everything is NaN for n = 0.
-    """
+    """Mean of ``n`` values with the sample std (ddof=1) and a Student-t CI of the mean (NaN for
+    n < 2; everything NaN for n = 0)."""
 
     n: int
     mean: float
     std: float
-    half_width: float
     lo: float
     hi: float
-    confidence: float = 0.95
 
-    def excludes_zero(self) -> bool:
-        """True when the CI is defined and does not contain 0 (a significant difference)."""
-        return self.n >= 2 and (self.lo > 0.0 or self.hi < 0.0)
-
-
-def _finite(values: Iterable[Any]) -> np.ndarray:
-    arr = np.asarray([float(v) for v in values], dtype=np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"values must be finite, got {arr.tolist()}")
-    return arr
+    @property
+    def half_width(self) -> float:
+        return (self.hi - self.lo) / 2.0
 
 
 def mean_ci(values: Iterable[float], confidence: float = 0.95) -> Summary:
-    """Mean, sample std and the t confidence interval ``mean +- t_{(1+c)/2, n-1} s / sqrt(n)``.
+    """Mean and the t interval ``mean +- t_{(1+c)/2, n-1} s / sqrt(n)`` (scipy.stats.t).
 
     Example:
       >>> s = mean_ci([1.0, 2.0, 3.0]); round(s.half_width, 4)   # 4.303 * 1 / sqrt(3)
       2.4841
     """
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    x = _finite(values)
-    n = int(x.size)
+    x = np.asarray([float(v) for v in values if v is not None and math.isfinite(v)])
     nan = float("nan")
-    if n == 0:
-        return Summary(0, nan, nan, nan, nan, nan, confidence)
-    mean = float(x.mean())
-    if n == 1:
-        return Summary(1, mean, nan, nan, nan, nan, confidence)
+    if x.size == 0:
+        return Summary(0, nan, nan, nan, nan)
+    if x.size == 1:
+        return Summary(1, float(x[0]), nan, nan, nan)
     std = float(x.std(ddof=1))
-    half = t_quantile(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n)
-    return Summary(n, mean, std, half, mean - half, mean + half, confidence)
-
-
-def bootstrap_ci(values: Iterable[float], confidence: float = 0.95, *, n_resamples: int = 10000,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean, seeded (same inputs, same interval).
-
-    With very few values (e.g. 3 seeds) it is narrower than the t interval: it cannot see variance
-    the sample does not show. Report it as an alternative, not instead. NaN for ``n < 2``.
-    """
-    x = _finite(values)
-    if x.size < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(int(n_resamples), x.size))
-    means = x[idx].mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
+    half = float(scipy.stats.t.ppf(0.5 + confidence / 2.0, x.size - 1)) * std / math.sqrt(x.size)
+    return Summary(int(x.size), float(x.mean()), std, float(x.mean()) - half,
+                   float(x.mean()) + half)
 
 
 @dataclasses.dataclass(frozen=True)
-class PairedDifference:
-    """``treatment - baseline`` of one metric for one format, paired on the seed.
+class Contrast:
+    """One linear combination of the pooled model's coefficients.
 
     Attributes:
-      format, treatment, baseline, metric: what was compared.
-      seeds: the seeds present (and finite) in both arms.
-      diffs: the per-seed differences, in ``seeds`` order.
-      summary: `Summary` of ``diffs`` (t CI).
-      bootstrap: ``(lo, hi)`` percentile bootstrap CI of the mean difference.
+      label: e.g. ``"E5M2: ulp_sr - adamw_sr"``.
+      estimate, se, lo, hi, p: the estimate, its standard error, the t interval and the
+        two-sided p-value on the residual degrees of freedom.
+      p_holm: the Holm-adjusted p-value within its family (NaN when not adjusted).
     """
 
-    format: str
-    treatment: str
-    baseline: str
-    metric: str
-    seeds: tuple[int, ...]
-    diffs: tuple[float, ...]
-    summary: Summary
-    bootstrap: tuple[float, float]
+    label: str
+    estimate: float
+    se: float
+    lo: float
+    hi: float
+    p: float
+    p_holm: float = float("nan")
 
     @property
-    def significant(self) -> bool:
-        """The t CI excludes 0 (False with fewer than two pairs)."""
-        return self.summary.excludes_zero()
+    def excludes_zero(self) -> bool:
+        return self.lo > 0.0 or self.hi < 0.0
 
 
-def _value(run: Any, metric: str) -> float | None:
-    v = run.get(metric) if hasattr(run, "get") else getattr(run, metric, None)
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
+@dataclasses.dataclass
+class PooledFit:
+    """The fitted pooled model: ``res`` (statsmodels OLS results), its patsy ``design_info``, the
+    formats, arms and seeds it covers."""
+
+    res: object
+    design_info: object
+    formats: list
+    arms: list
+    seeds: list
+    confidence: float = 0.95
+
+    _rows: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def row(self, fmt: str, arm: str) -> np.ndarray:
+        """The design row of cell (fmt, arm) at the first seed (seed effects cancel in contrasts)."""
+        if not self._rows:  # every cell in one patsy call
+            cells = [(f, a) for f in self.formats for a in self.arms]
+            frame = pd.DataFrame({"format": [f for f, _ in cells], "arm": [a for _, a in cells],
+                                  "seed": [self.seeds[0]] * len(cells), "y": 0.0})
+            (x,) = patsy.build_design_matrices([self.design_info], frame)
+            self._rows.update(zip(cells, np.asarray(x)))
+        return self._rows[(fmt, arm)]
+
+    def benefit_vector(self, fmt: str, treatment: str, control: str) -> np.ndarray:
+        return self.row(fmt, treatment) - self.row(fmt, control)
+
+    def contrast(self, L: np.ndarray, label: str) -> Contrast:
+        t = self.res.t_test(np.atleast_2d(L))
+        lo, hi = np.asarray(t.conf_int(alpha=1.0 - self.confidence))[0]
+        return Contrast(label, float(np.squeeze(t.effect)), float(np.squeeze(t.sd)), float(lo),
+                        float(hi), float(np.squeeze(t.pvalue)))
 
 
-def paired_differences(runs: Sequence[Any], metric: str, treatment: str, *,
-                       baseline: str = "adamw", confidence: float = 0.95,
-                       n_resamples: int = 10000, seed: int = 0) -> list[PairedDifference]:
-    """Per format: ``metric(treatment, seed) - metric(baseline, seed)`` over the shared seeds.
+def primary_frame(records: Iterable[dict], metric: str, arms: Sequence[str],
+                  exclude_seeds: Sequence[int] = (0,)) -> pd.DataFrame:
+    """Completed, non-tuning records of ``arms`` on 8-bit/BF16 formats as (format, arm, seed, y)."""
+    rows = []
+    for r in records:
+        v = (r.get("metrics") or {}).get(metric)
+        if (r.get("status") == "completed" and r.get("factor") is None and r["arm"] in arms
+                and r["format"] != "none" and int(r["seed"]) not in exclude_seeds
+                and isinstance(v, (int, float)) and math.isfinite(v)):
+            rows.append({"format": r["format"], "arm": r["arm"], "seed": int(r["seed"]),
+                         "y": float(v)})
+    return pd.DataFrame(rows, columns=["format", "arm", "seed", "y"])
 
-    Args:
-      runs: records with ``format``, ``optimizer``, ``seed`` attributes and ``get(metric)``
-        (`altgrad_jax.analysis.results.Run`); a run whose metric is missing or not finite (a
-        diverged or unfinished run) drops its pair.
-      metric: e.g. ``"test/micro_f1"``.
-      treatment, baseline: optimizer preset names.
-      confidence, n_resamples, seed: of the t and bootstrap intervals.
 
-    Returns:
-      One `PairedDifference` per format with at least one pair, sorted by mean difference,
-      largest first.
+def fit_pooled(df: pd.DataFrame, arms: Sequence[str], *, formats: Sequence[str] | None = None,
+               confidence: float = 0.95) -> PooledFit | None:
+    """OLS ``y ~ C(format) * C(arm) + C(seed)`` on the formats that have every arm observed.
+
+    Returns None when fewer than two such formats exist or no residual degree of freedom is
+    left (nothing can be estimated yet).
     """
-    table: dict[tuple[str, str], dict[int, float]] = {}
-    for r in runs:
-        v = _value(r, metric)
-        if v is not None and r.optimizer in (treatment, baseline):
-            table.setdefault((r.format, r.optimizer), {})[int(r.seed)] = v
-    formats = sorted({f for f, _ in table})
-    out = []
-    for f in formats:
-        t, b = table.get((f, treatment), {}), table.get((f, baseline), {})
-        seeds = tuple(sorted(set(t) & set(b)))
-        if not seeds:
-            continue
-        diffs = tuple(t[s] - b[s] for s in seeds)
-        out.append(PairedDifference(
-            format=f, treatment=treatment, baseline=baseline, metric=metric, seeds=seeds,
-            diffs=diffs, summary=mean_ci(diffs, confidence),
-            bootstrap=bootstrap_ci(diffs, confidence, n_resamples=n_resamples, seed=seed)))
-    out.sort(key=lambda d: -d.summary.mean)
+    counts = df.groupby(["format", "arm"]).size()
+    order = list(formats) if formats is not None else sorted(df["format"].unique())
+    keep = [f for f in order if all(counts.get((f, a), 0) > 0 for a in arms)]
+    sub = df[df["format"].isin(keep) & df["arm"].isin(arms)]
+    if len(keep) < 2 or sub["seed"].nunique() < 1:
+        return None
+    n_params = len(keep) * len(arms) + sub["seed"].nunique() - 1
+    if len(sub) - n_params < 1:
+        return None
+    y, X = patsy.dmatrices(FORMULA, sub, return_type="dataframe")
+    res = sm.OLS(y, X).fit()
+    return PooledFit(res, X.design_info, keep, list(arms), sorted(sub["seed"].unique()), confidence)
+
+
+def holm(contrasts: Sequence[Contrast], alpha: float = 0.05) -> list[Contrast]:
+    """The contrasts with ``p_holm`` set (Holm step-down across the family)."""
+    if not contrasts:
+        return []
+    _, adj, _, _ = multipletests([c.p for c in contrasts], alpha=alpha, method="holm")
+    return [dataclasses.replace(c, p_holm=float(a)) for c, a in zip(contrasts, adj)]
+
+
+def format_contrasts(fit: PooledFit, treatment: str, control: str) -> list[Contrast]:
+    """Per format ``treatment - control`` (Holm-adjusted across the fit's formats)."""
+    return holm([fit.contrast(fit.benefit_vector(f, treatment, control),
+                              f"{f}: {treatment} - {control}") for f in fit.formats])
+
+
+def best_vs_runner_up(fit: PooledFit, treatment: str, control: str) -> tuple[str, str, Contrast]:
+    """(best format, runner-up, contrast of their benefits) by the estimated benefit."""
+    est = {f: float(fit.res.params.values @ fit.benefit_vector(f, treatment, control))
+           for f in fit.formats}
+    best, second = sorted(est, key=est.get, reverse=True)[:2]
+    L = fit.benefit_vector(best, treatment, control) - fit.benefit_vector(second, treatment,
+                                                                          control)
+    return best, second, fit.contrast(L, f"{best} - {second}: benefit of {treatment} over "
+                                         f"{control}")
+
+
+def winner_probability(fit: PooledFit, treatment: str, control: str, *, n_boot: int = 2000,
+                       seed: int = 0) -> dict[str, float]:
+    """``{format: P(format has the largest benefit)}`` under a seeded residual bootstrap.
+
+    Residuals (rescaled by ``sqrt(n / df_resid)``) are resampled with replacement, added to the
+    fitted values and the model refitted by least squares; the winner is counted per resample.
+    """
+    X = np.asarray(fit.res.model.exog)
+    fitted = np.asarray(fit.res.fittedvalues)
+    resid = np.asarray(fit.res.resid) * math.sqrt(len(fitted) / max(fit.res.df_resid, 1.0))
+    rng = np.random.default_rng(seed)
+    ystar = fitted[None, :] + rng.choice(resid, size=(n_boot, len(fitted)), replace=True)
+    betas = ystar @ np.linalg.pinv(X).T
+    Lmat = np.stack([fit.benefit_vector(f, treatment, control) for f in fit.formats])
+    wins = np.argmax(betas @ Lmat.T, axis=1)
+    return {f: float(np.mean(wins == i)) for i, f in enumerate(fit.formats)}
+
+
+def exponent_trend(fit: PooledFit, treatment: str, control: str) -> Contrast:
+    """Least-squares slope of the benefit on the formats' exponent bits (per exponent bit)."""
+    e = np.asarray([get_format(f).exponent_bits for f in fit.formats], dtype=float)
+    if np.ptp(e) == 0:
+        nan = float("nan")
+        return Contrast("slope on exponent bits", nan, nan, nan, nan, nan)
+    w = (e - e.mean()) / np.sum((e - e.mean()) ** 2)
+    L = sum(wi * fit.benefit_vector(f, treatment, control) for wi, f in zip(w, fit.formats))
+    return fit.contrast(L, f"slope of ({treatment} - {control}) on exponent bits")
+
+
+def gap_closed(cell_means: dict, fp32: float, baseline: str = "adamw_rtn") -> dict:
+    """``{(format, arm): G}``, ``G = (arm - baseline) / (fp32 - baseline)`` on cell means (NaN
+    where the format's baseline is missing or equals FP32)."""
+    out = {}
+    for (f, a), m in cell_means.items():
+        b = cell_means.get((f, baseline))
+        den = None if b is None or fp32 is None else fp32 - b
+        out[(f, a)] = (m - b) / den if den else float("nan")
     return out
 
 
-def cell_summaries(runs: Sequence[Any], metric: str,
-                   confidence: float = 0.95) -> dict[tuple[str, str], Summary]:
-    """``{(format, optimizer): Summary}`` of ``metric`` over the seeds with a finite value."""
-    groups: dict[tuple[str, str], list[float]] = {}
-    for r in runs:
-        groups.setdefault((r.format, r.optimizer), [])
-        v = _value(r, metric)
-        if v is not None:
-            groups[(r.format, r.optimizer)].append(v)
-    return {k: mean_ci(v, confidence) for k, v in groups.items()}
+def cell_means(df: pd.DataFrame) -> dict:
+    """``{(format, arm): mean y}``."""
+    return {k: float(v) for k, v in df.groupby(["format", "arm"])["y"].mean().items()}

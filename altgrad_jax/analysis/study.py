@@ -1,0 +1,122 @@
+"""A study opened from its config: cells in run order, their records, tuning choices, the plan
+file and the dry-run table (pure apart from reading records and writing ``plan.json``).
+
+``report_dir`` (tracked) holds ``runs/<name>.json`` records and ``plan.json``; ``run_dir``
+(ignored) holds the run folders with checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import ml_collections
+
+from altgrad_jax.analysis import cost as cost_lib
+from altgrad_jax.analysis import matrix as matrix_lib
+from altgrad_jax.analysis import tuning as tuning_lib
+from altgrad_jax.analysis.overrides import load_config_file
+from altgrad_jax.analysis.records import load_records
+
+
+@dataclasses.dataclass
+class Study:
+    """An expanded study.
+
+    Attributes:
+      cfg: the study config; base: the base run config; specs: every cell in run order;
+      report_dir, run_dir: the tracked record folder and the ignored run-folder root.
+    """
+
+    cfg: ml_collections.ConfigDict
+    base: ml_collections.ConfigDict
+    specs: list
+    report_dir: str
+    run_dir: str
+
+    @property
+    def tuning_specs(self) -> list:
+        return [s for s in self.specs if s.is_tuning]
+
+    def records(self) -> dict[str, dict]:
+        return load_records(self.report_dir)
+
+    def choices(self, records: dict | None = None) -> dict:
+        """``{arm: tuning.Choice}`` from the current records."""
+        records = self.records() if records is None else records
+        return tuning_lib.choose_factors(
+            self.tuning_specs, records,
+            metric=str(self.cfg.get("tuning_metric", tuning_lib.DEFAULT_METRIC)))
+
+    def num_steps(self, spec) -> int:
+        steps = dict(spec.overrides).get("train.num_steps", self.base.train.num_steps)
+        return int(steps)
+
+
+def open_study(study_cfg: ml_collections.ConfigDict, *, extra_overrides: Any = (),
+               base: ml_collections.ConfigDict | None = None) -> Study:
+    """Expands ``study_cfg`` (ValueError for bad input, naming the problem)."""
+    base = load_config_file(str(study_cfg.base_config)) if base is None else base
+    specs = matrix_lib.expand(study_cfg, base, extra_overrides=extra_overrides)
+    return Study(study_cfg, base, specs, str(study_cfg.report_dir), str(study_cfg.run_dir))
+
+
+def write_plan(study: Study, choices: dict) -> str:
+    """Writes ``<report_dir>/plan.json``: the study config, the cells in run order and the
+    chosen tuning factors (the report reads it to list the missing cells)."""
+    os.makedirs(study.report_dir, exist_ok=True)
+    doc = {"version": 1, "study": str(study.cfg.get("study", "")),
+           "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "config": json.loads(study.cfg.to_json()),
+           "chosen": tuning_lib.chosen_factors(choices.values()),
+           "cells": [s.to_dict() for s in study.specs]}
+    path = os.path.join(study.report_dir, "plan.json")
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def dry_run_lines(study: Study, specs: list | None = None) -> list[str]:
+    """The cells in run order with their state and tuned value, then the cost plan."""
+    records = study.records()
+    choices = study.choices(records)
+    chosen = tuning_lib.chosen_factors(choices.values())
+    specs = study.specs if specs is None else specs
+    states = {s.name: cost_lib.cell_state(s, records, choices) for s in specs}
+    lines = [f"study {study.cfg.get('study', '')}: {len(specs)} cells in run order "
+             f"(records: {study.report_dir}/runs, run folders: {study.run_dir})"]
+    stage = None
+    for i, s in enumerate(specs, start=1):
+        if s.stage != stage:
+            stage = s.stage
+            n = sum(x.stage == stage for x in specs)
+            lines.append(f"-- stage {stage} ({n} cells)")
+        field, val, fac = matrix_lib.tuned_value(s, chosen)
+        ch = choices.get(s.arm)
+        if not s.is_tuning and ch is not None and ch.status != "chosen":
+            tuned = f"{field.split('.')[-1]}=tuning {ch.status}"
+        else:
+            tuned = f"{field.split('.')[-1]}={val:.4g} (x{fac})"
+        lines.append(f"{i:4d} {s.name:<36s} {s.regime:<4s} {states[s.name]:<11s} {tuned}")
+    sps = cost_lib.measured_sec_per_step(records)
+    cfg = study.cfg
+    plan = cost_lib.plan_cost(
+        specs, {s.name: study.num_steps(s) for s in specs}, states, sec_per_step=sps,
+        default_sec_per_step=float(cfg.get("sec_per_step", cost_lib.DEFAULT_SEC_PER_STEP)),
+        overhead_s=float(cfg.get("overhead_s", cost_lib.DEFAULT_OVERHEAD_S)))
+    src = ("measured: median of the records' perf.train_steps_per_s" if plan.measured else
+           "default (no record has perf.train_steps_per_s yet)")
+    by_state = {}
+    for v in states.values():
+        by_state[v] = by_state.get(v, 0) + 1
+    lines += [f"cells: {plan.cells} ({', '.join(f'{k} {v}' for k, v in sorted(by_state.items()))})",
+              f"cost: {plan.sec_per_step:.3f} s/step ({src}) + "
+              f"{float(cfg.get('overhead_s', cost_lib.DEFAULT_OVERHEAD_S)):.0f} s per run; "
+              f"total {plan.total_h:.1f} core-hours, remaining {plan.remaining_h:.1f} "
+              f"core-hours ({plan.remaining_h / 2:.1f} h wall on 2 cores)"]
+    return lines

@@ -1,0 +1,89 @@
+"""The tuning rule: one factor per arm, chosen from the tuning stage's records (pure).
+
+Every arm is tuned with the same budget: its tuned field (the lr for AdamW-direction arms, the
+dimensionless ``c`` for the ULP arms) times each factor of ``tuning_factors`` (default 1/3, 1, 3),
+on the tuning seed (0, never in the test analysis), on each tuning format. The score of a factor
+is the mean over the tuning formats of the validation macro-F1 at the validation-tuned threshold
+(``eval_tuned/macro_f1``); a diverged run scores -inf (the factor is never chosen over a finite
+one). The chosen factor is the best score; ties go to the factor nearest 1 (in log scale).
+
+An arm's choice is *pending* until every tuning cell of the arm has a final record (completed or
+diverged), and *failed* when no factor has a finite score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fractions
+import math
+from collections.abc import Iterable, Sequence
+
+DEFAULT_METRIC = "eval_tuned/macro_f1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """The tuning outcome of one arm.
+
+    Attributes:
+      arm: the arm.
+      status: ``"chosen"``, ``"pending"`` (tuning cells without a final record) or ``"failed"``.
+      factor: the chosen factor (``"1/3"``, ``"1"``, ``"3"``), None unless chosen.
+      scores: ``{factor: mean score}`` over the factors with final records (-inf = diverged).
+      missing: names of the tuning cells still without a final record.
+    """
+
+    arm: str
+    status: str
+    factor: str | None
+    scores: dict
+    missing: tuple[str, ...] = ()
+
+
+def _score(rec: dict, metric: str) -> float:
+    if rec.get("status") != "completed":
+        return -math.inf
+    v = (rec.get("metrics") or {}).get(metric)
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf
+
+
+def choose_factors(tuning_specs: Sequence, records: dict[str, dict], *,
+                   metric: str = DEFAULT_METRIC) -> dict[str, Choice]:
+    """``{arm: Choice}`` for every arm with tuning cells.
+
+    Args:
+      tuning_specs: the tuning cells (`RunSpec` with ``factor`` set).
+      records: ``{run name: record}`` (`altgrad_jax.analysis.records`); a record whose status is
+        ``completed`` or ``diverged`` is final.
+      metric: the selection metric (a key of the record's ``metrics``).
+    """
+    by_arm: dict[str, list] = {}
+    for s in tuning_specs:
+        if s.factor is not None:
+            by_arm.setdefault(s.arm, []).append(s)
+    out = {}
+    for arm, specs in by_arm.items():
+        final = {s.name: records[s.name] for s in specs
+                 if records.get(s.name, {}).get("status") in ("completed", "diverged")}
+        missing = tuple(s.name for s in specs if s.name not in final)
+        per_factor: dict[str, list[float]] = {}
+        for s in specs:
+            if s.name in final:
+                per_factor.setdefault(s.factor, []).append(_score(final[s.name], metric))
+        scores = {f: sum(v) / len(v) for f, v in per_factor.items()}
+        if missing:
+            out[arm] = Choice(arm, "pending", None, scores, missing)
+            continue
+        finite = {f: v for f, v in scores.items() if math.isfinite(v)}
+        if not finite:
+            out[arm] = Choice(arm, "failed", None, scores)
+            continue
+        best = max(finite.items(),
+                   key=lambda kv: (kv[1], -abs(math.log(float(fractions.Fraction(kv[0]))))))
+        out[arm] = Choice(arm, "chosen", best[0], scores)
+    return out
+
+
+def chosen_factors(choices: Iterable[Choice]) -> dict[str, str]:
+    """``{arm: factor}`` of the arms whose choice is made."""
+    return {c.arm: c.factor for c in choices if c.status == "chosen"}

@@ -1,0 +1,69 @@
+"""The CPU-scale study (issue 10): which 8-bit format benefits most from ULP-aware updates?
+
+Command (EURLEX57K; one process per core, each takes the next unclaimed cell):
+  ALTGRAD_DATA_DIR=/path/to/eurlex57k python sweep.py --config=configs/study_cpu.py
+Plan and cost only (cells in run order, done / to do, estimated core-hours):
+  python sweep.py --config=configs/study_cpu.py --dry_run
+Rebuild the report from the committed records alone (no run folder needed):
+  python -m altgrad_jax.analysis.report --study=reports/study_cpu
+Expected: reports/study_cpu/runs/<name>.json per finished run (tracked), REPORT.md, runs.csv and
+plots/*.png in reports/study_cpu; checkpoints in runs/study_cpu/<name> (ignored).
+
+Scale: 2 layers, d=128, length 128, batch 32, 1,000 steps, validation at steps 340, 680 and 1,000,
+rank health every 250 steps, diagnostics every 50 (DESIGN.md 5b: ~0.57 s/step per run with one
+run per core, ~90 s of data build and evaluation per run). The seeds' full scale (6 layers,
+d=384, length 512) is ~40x the FLOPs per step and out of reach on CPU.
+
+Stages, in run order, so that an interrupted study answers the primary contrast first:
+  tune_primary  the primary arms and AdamW, c (or the lr) x {1/3, 1, 3}, seed 0, E3M4 and E6M1;
+  primary       7 distinct 8-bit formats x {adamw_rtn, adamw_sr, ulp_sr} x seeds 1-3;
+  reference     FP32 AdamW; BF16 x the primary arms;
+  tune_more     the other arms' tuning;
+  seeds12       the seeds' 12 conditions in regime (a): 6 formats x {adamw, manifold_gradient};
+  e1m6          E1M6 next to E0M7 in regime (b), one seed (identical under amax scaling);
+  per_tensor    tensor_sr and grid on E0M7, E4M3, E7M0.
+Seed 0 is the tuning seed and never enters the test analysis. The factor chosen per arm (the best
+mean validation macro-F1 at the tuned threshold over the tuning formats) is read from the tuning
+records and applied to the arm's later cells automatically.
+"""
+
+import ml_collections
+
+from altgrad_jax.analysis.matrix import DEFAULT_FACTORS, DEFAULT_SEED_FIELDS
+
+PRIMARY_FORMATS = "E0M7,E2M5,E3M4,E4M3,E5M2,E6M1,E7M0"
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.study = "study_cpu"  # name of the study (report title)
+    c.base_config = "configs/default.py"  # run config every cell starts from
+    c.overrides = (  # applied to every cell before the arm's overrides
+        "data.max_length=128",
+        "train.batch_size=32",
+        "train.num_steps=1000",
+        "train.eval_every=340",  # validation at 340, 680 and the final step: three points
+        "train.checkpoint_every=200",
+        "train.log_every=50",
+        "diag.every=50",  # the diagnostics step (flips, stalls, below-half-step)
+        "diag.rank_every=250",  # rank health on
+        "quant.embedding_format='none'",  # the embedding table stays float32: its own factor
+    )
+    c.stages = (  # "name | formats | arms | seeds", in run order
+        "tune_primary | E3M4,E6M1 | adamw_rtn,adamw_sr,ulp_sr,adamw | 0",
+        f"primary | {PRIMARY_FORMATS} | adamw_rtn,adamw_sr,ulp_sr | 1,2,3",
+        "reference | none | adamw | 1,2,3",
+        "reference_bf16 | BF16 | adamw_rtn,adamw_sr,ulp_sr | 1,2,3",
+        "tune_more | E3M4,E6M1 | manifold_gradient,tensor_sr,grid | 0",
+        "seeds12 | BF16,E5M2,E3M4,E1M6,E0M7,E7M0 | adamw,manifold_gradient | 1,2,3",
+        "e1m6 | E1M6 | adamw_rtn,adamw_sr,ulp_sr | 1",
+        "per_tensor | E0M7,E4M3,E7M0 | tensor_sr,grid | 1,2,3",
+    )
+    c.tuning_factors = DEFAULT_FACTORS  # multiples of each arm's base lr (or c) tried
+    c.tuning_metric = "eval_tuned/macro_f1"  # validation macro-F1 at the tuned threshold
+    c.seed_fields = DEFAULT_SEED_FIELDS  # init + dropout, data order, stochastic rounding
+    c.run_dir = "runs/study_cpu"  # run folders with checkpoints (ignored by git)
+    c.report_dir = "reports/study_cpu"  # records (runs/<name>.json), REPORT.md, CSV, plots
+    c.sec_per_step = 0.57  # cost model until records carry perf.train_steps_per_s
+    c.overhead_s = 90.0  # per run: data build (cached tokenizer) + three evaluations + test
+    return c
