@@ -12,8 +12,8 @@ Flags:
   --retry_diverged  move each diverged run folder aside (renamed, kept) and start it fresh.
 
 Each cell trains in ``<run_dir>/<name>`` (checkpoints; ignored by git). When it stops, its
-compact record goes to ``<report_dir>/runs/<name>.json`` (tracked) and the report is rebuilt
-from the records alone (``python -m altgrad_jax.analysis.report --study=<report_dir>``). A cell
+compact record goes to ``<report_dir>/runs/<name>.json`` (tracked); after each stage that
+trained and at the end the report is rebuilt from the records alone (``python -m altgrad_jax.analysis.report --study=<report_dir>``). A cell
 whose record says completed is never rerun; a diverged one is a result and is skipped unless
 ``--retry_diverged``; an interrupted one resumes from its checkpoint. The tuning stage's records
 choose each arm's factor, applied to the arm's later cells; a cell whose arm's tuning is still
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -38,6 +39,19 @@ _RETRY_DIVERGED = flags.DEFINE_bool("retry_diverged", False,
                                     "Move diverged run folders aside and rerun them fresh.")
 
 
+WAIT_POLL_S = 30.0  # how often a sweep blocked on another process's tuning run looks again
+
+
+def _live_lock(path: str) -> bool:
+    """True when the lock file ``path`` exists and names a live process (on this machine)."""
+    try:
+        pid = int(open(path).read().strip() or 0)
+        os.kill(pid, 0)
+        return pid > 0
+    except (ValueError, OSError):
+        return False
+
+
 def _claim(path: str) -> bool:
     """Creates the lock file ``path`` (atomically); a stale lock (dead pid) is taken over."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -45,13 +59,13 @@ def _claim(path: str) -> bool:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                pid = int(open(path).read().strip() or 0)
-                os.kill(pid, 0)
+            if _live_lock(path):
                 return False  # held by a live process
-            except (ValueError, ProcessLookupError, OSError):
+            try:
                 os.remove(path)
-                continue
+            except FileNotFoundError:
+                pass
+            continue
         with os.fdopen(fd, "w") as f:
             f.write(str(os.getpid()))
         return True
@@ -127,6 +141,21 @@ def _one(spec, study, records, chosen, retry_diverged, log, tag) -> str:
         os.remove(lock)
 
 
+def _wait_for_tuning(study, spec, log, tag):
+    """(records, choices), after waiting while the arm's missing tuning runs are being trained by
+    another live sweep process (one process per core shares one study)."""
+    while True:
+        records = study.records()
+        choices = study.choices(records)
+        ch = choices.get(spec.arm)
+        if spec.is_tuning or ch is None or ch.status != "pending" or not any(
+                _live_lock(os.path.join(study.run_dir, f"{n}.lock")) for n in ch.missing):
+            return records, choices
+        log(f"{tag} {spec.name}: waiting for the tuning of {spec.arm} "
+            f"({len(ch.missing)} runs left, trained by another process)")
+        time.sleep(WAIT_POLL_S)
+
+
 def run_sweep(study_cfg, *, extra_overrides=(), only=(), dry_run=False, retry_diverged=False,
               log=print) -> dict:
     """Plans and runs (sequentially, in this process) a study.
@@ -152,11 +181,11 @@ def run_sweep(study_cfg, *, extra_overrides=(), only=(), dry_run=False, retry_di
         return out
     import jax
 
+    trained_in_stage = False
     for i, spec in enumerate(selected, start=1):
-        records = study.records()
-        choices = study.choices(records)
-        study_lib.write_plan(study, choices)
         tag = f"[{i}/{len(selected)}]"
+        records, choices = _wait_for_tuning(study, spec, log, tag)
+        study_lib.write_plan(study, choices)
         ch = choices.get(spec.arm)
         if not spec.is_tuning and ch is not None and ch.status != "chosen":
             log(f"{tag} {spec.name}: blocked (tuning of {spec.arm} {ch.status}: "
@@ -168,7 +197,11 @@ def run_sweep(study_cfg, *, extra_overrides=(), only=(), dry_run=False, retry_di
         out[what].append(spec.name)
         if what in ("ran", "diverged"):
             jax.clear_caches()  # every run compiles its own functions; do not keep them all
-            out["report"] = _rebuild_report(study, log)
+            trained_in_stage = True
+        last_of_stage = i == len(selected) or selected[i].stage != spec.stage
+        if last_of_stage and trained_in_stage:  # the report after every stage that trained
+            _rebuild_report(study, log)
+            trained_in_stage = False
     study_lib.write_plan(study, study.choices())
     out["report"] = _rebuild_report(study, log)
     log(f"report: {out['report']}")
