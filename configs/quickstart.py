@@ -28,5 +28,6 @@ def get_config():
     c.train.log_every = 25
     c.train.eval_every = 100
     c.train.checkpoint_every = 100
+    c.diag.rank_every = 100  # rank health three times in the run (default: every 200 steps)
     c.log.wandb_mode = "disabled"
     return c
