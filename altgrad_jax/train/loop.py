@@ -214,7 +214,8 @@ def _restore(run: Run) -> None:
         _, run.state, extra = restored
         run.train_iter.restore(extra["data_iter"])
     run.start_step = run.step = int(run.state.step)
-    run.timer.__init__(int(cfg.train.batch_size), extra.get("perf"))
+    if "perf" in extra:
+        run.timer.load_state_dict(extra["perf"])
     detector = periodic.rank_detector(cfg)
     if "rank_detector" in extra:
         detector.load_state_dict(extra["rank_detector"])
@@ -282,9 +283,9 @@ def _train(run: Run) -> None:
 
 
 def _close(run: Run) -> None:
-    run.bar.close()
-    run.writers.close()
-    run.ckpt.close()
+    for part in (run.bar, run.writers, run.ckpt):
+        if part is not None:
+            part.close()
     run.undo_logs()
 
 

@@ -36,12 +36,18 @@ class PerfTimer:
     Cumulative figures survive a resume through ``state_dict``.
     """
 
-    def __init__(self, batch_size: int, state: dict | None = None):
+    def __init__(self, batch_size: int):
         self.batch_size = batch_size
-        s = state or {}
-        self.train_s, self.compile_s = float(s.get("train_s", 0.0)), float(s.get("compile_s", 0.0))
-        self.steps, self.tokens = int(s.get("steps", 0)), int(s.get("tokens", 0))
+        self.train_s = self.compile_s = 0.0
+        self.steps = self.tokens = 0
         self._w = [0.0, 0, 0]  # window: seconds, steps, tokens
+
+    def load_state_dict(self, s: dict) -> None:
+        """Adds a checkpoint's totals (a resume; this process's compile time stays counted)."""
+        self.train_s += float(s.get("train_s", 0.0))
+        self.compile_s += float(s.get("compile_s", 0.0))
+        self.steps += int(s.get("steps", 0))
+        self.tokens += int(s.get("tokens", 0))
 
     def add(self, seconds: float, tokens: int) -> None:
         self.train_s += seconds
@@ -168,7 +174,7 @@ class RankAction:
         for w in warnings_:
             run.append_event({"type": "rank_warning", **w})
         rank["rank/warnings"] = float(len(warnings_))
-        rank["rank/seconds"] = time.perf_counter() - t0
+        rank["perf/rank_seconds"] = time.perf_counter() - t0
         run.writers.write(step, rank)
         run.last_metrics.update(rank)
 
