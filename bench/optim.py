@@ -3,10 +3,14 @@
 Run: ``python bench/optim.py [--params-m 10] [--repeats 15] [--donate]``. Prints the median wall
 time of one ``update`` + ``apply_updates`` per optimizer and its ratio to ``optax.adamw`` measured
 in the same process, the optimizers timed round-robin (one step of each per round) so that load
-from other processes hits all of them alike. Diagnostics (flips, bit position, stiffness stats)
-are included, as in training. ``--donate`` donates params and state to the jitted step as the
+from other processes hits all of them alike. The optimizers are the bare algorithms (their
+diagnostics are opt-in); the ``+diag`` rows wrap them in `with_grid_diagnostics` (or pass
+``diagnostics=True`` to the grid optimizer), and ``amortized/50`` is a plain step with one
+diagnostics step every 50 steps, ``(49 plain + 1 diag) / 50``, as the training loop samples them. ``--donate`` donates params and state to the jitted step as the
 training step does (outputs are then written in place; without it every output is a fresh buffer,
-whose page faults dominate on CPU). Target: every manifold_adamw mode within 1.3x of optax.adamw.
+whose page faults dominate on CPU). Targets: every manifold_adamw mode within 1.3x of optax.adamw,
+the grid optimizer within 3x. The last line is one JSON object, ``{"bench": "optim", ...}``, of the
+ratios.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ if _ROOT not in _sys.path:  # run as `python bench/<name>.py` from anywhere, no 
     _sys.path.insert(0, _ROOT)
 
 import argparse
+import json
 import time
 
 import jax
@@ -28,7 +33,7 @@ import numpy as np
 import optax
 
 from altgrad_jax.formats import get_format
-from altgrad_jax.optim import grid_optimizer, manifold_adamw
+from altgrad_jax.optim import grid_optimizer, manifold_adamw, with_grid_diagnostics
 
 
 def _params(total_m: float):
@@ -73,16 +78,18 @@ def main():
     n = sum(x.size for x in jax.tree.leaves(params))
     grads = jax.tree.map(lambda x: jnp.sin(x * 100.0), params)
     fmt = get_format("E4M3")
+    update = manifold_adamw(0.25, formats=fmt, precondition="update", weight_decay=4e-5)
     opts = {
         "optax.adamw": optax.adamw(1e-3, weight_decay=0.01),
         "manifold_adamw(none)": manifold_adamw(1e-3, formats=fmt, precondition="none"),
         "manifold_adamw(gradient, M=3)": manifold_adamw(1e-3, mantissa_bits=3, formats=fmt),
-        "manifold_adamw(update)": manifold_adamw(0.25, formats=fmt, precondition="update",
-                                                 weight_decay=4e-5),
-        "manifold_adamw(gradient, no bit_position)": manifold_adamw(
-            1e-3, mantissa_bits=3, formats=fmt, track_bit_position=False),
+        "manifold_adamw(update)": update,
+        "manifold_adamw(update)+diag": with_grid_diagnostics(update, fmt,
+                                                             track_bit_position=False),
         "grid_optimizer(stochastic)": grid_optimizer(1e-3, fmt),
         "grid_optimizer(nearest)": grid_optimizer(1e-3, fmt, rounding="nearest"),
+        "grid_optimizer(stochastic)+diag": grid_optimizer(1e-3, fmt, diagnostics=True,
+                                                          track_bit_position=False),
     }
     if args.only:
         keep = args.only.split(",")
@@ -95,9 +102,27 @@ def main():
         for once, _ in timers.values():
             once()
     base = float(np.median(timers["optax.adamw"][1]))
+    ratios = {}
     for name, (_, times) in timers.items():
         t = float(np.median(times))
+        ratios[name] = t / base
         print(f"{name:45s} {t * 1e3:8.2f} ms   {t / base:5.2f}x")
+    for plain in ("manifold_adamw(update)", "grid_optimizer(stochastic)"):
+        if plain in ratios and plain + "+diag" in ratios:
+            amortized = (49 * ratios[plain] + ratios[plain + "+diag"]) / 50
+            ratios[plain + " amortized/50"] = amortized
+            print(f"{plain + ' amortized/50':45s} {'':8s}      {amortized:5.2f}x")
+    keys = {"manifold_adamw(none)": "manifold_none", "manifold_adamw(gradient, M=3)":
+            "manifold_gradient", "manifold_adamw(update)": "manifold_update",
+            "manifold_adamw(update)+diag": "manifold_update_diag",
+            "manifold_adamw(update) amortized/50": "manifold_update_amortized50",
+            "grid_optimizer(stochastic)": "grid_stochastic", "grid_optimizer(nearest)":
+            "grid_nearest", "grid_optimizer(stochastic)+diag": "grid_stochastic_diag",
+            "grid_optimizer(stochastic) amortized/50": "grid_stochastic_amortized50"}
+    record = {"bench": "optim", "params_m": round(n / 1e6, 2), "donate": args.donate,
+              "adamw_ms": round(base * 1e3, 2)}
+    record.update({v: round(ratios[k], 3) for k, v in keys.items() if k in ratios})
+    print(json.dumps(record))
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,10 @@ Usage::
 Everything runs in one process on the same float32 input (normal * 1000, so every binade from the
 subnormals to saturation is hit for E5M2). Each variant is jitted, warmed up once, then timed
 ``--repeats`` times with ``block_until_ready``; the table reports the median as M elements/s and the
-ratio to the native ``clip -> astype(float8_e5m2) -> astype(float32)`` round trip.
+ratio to the native ``clip -> astype(float8_e5m2) -> astype(float32)`` round trip. The last line
+of the output is one JSON object (``{"bench": "quantize", ...}``: ratios to the native cast and
+M elements/s) so figures can be compared across machines. Target: stochastic rounding >= 0.7x the
+native cast (its random bits come from a counter-based hash, `altgrad_jax.quant.random`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ if _ROOT not in _sys.path:  # run as `python bench/<name>.py` from anywhere, no 
     _sys.path.insert(0, _ROOT)
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -65,6 +69,8 @@ def main(argv=None) -> None:
         "quantize E7M0 (bits)": (jax.jit(lambda x: quantize(x, "E7M0")), (x,)),
         "quantize E5M2 stochastic": (jax.jit(
             lambda x, k: quantize(x, "E5M2", rounding="stochastic", key=k)), (x, key)),
+        "threefry bits only (reference)": (jax.jit(
+            lambda x, k: jax.random.bits(k, x.shape, jnp.uint32)), (x, key)),
     }
     results = {name: _time(fn, fargs, args.repeats) for name, (fn, fargs) in variants.items()}
     base = results["native round trip e5m2 (clip+cast)"]
@@ -73,6 +79,13 @@ def main(argv=None) -> None:
     print(f"{'variant':40s} {'median ms':>10s} {'M elem/s':>10s} {'vs native':>10s}")
     for name, t in results.items():
         print(f"{name:40s} {t * 1e3:10.2f} {args.n / t / 1e6:10.1f} {base / t:10.2f}")
+    short = {"quantize E5M2 impl=bits": "nearest", "quantize E5M2 impl=native": "native_impl",
+             "quantize E3M4 (bits)": "e3m4", "quantize E7M0 (bits)": "e7m0",
+             "quantize E5M2 stochastic": "stochastic"}
+    record = {"bench": "quantize", "n": args.n, "backend": jax.default_backend(),
+              "native_melem_s": round(args.n / base / 1e6, 1)}
+    record.update({v: round(base / results[k], 3) for k, v in short.items()})
+    print(json.dumps(record))
 
 
 if __name__ == "__main__":

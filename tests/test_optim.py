@@ -8,11 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-from altgrad_jax.formats import decode, encode, get_format
+from altgrad_jax.formats import get_format
 from altgrad_jax.optim import (grid_optimizer, index_value, make_optimizer, manifold_adamw,
                                metrics, rung_index, scale_by_stiffness, snap_to_grid,
                                with_grid_diagnostics)
-from altgrad_jax.quant import amax_scale
+from altgrad_jax.quant import is_on_grid, quantize, tensor_scale
 
 # optax.scale_by_adam computes ``b1 ** count`` (Python float ** int32), which strict promotion
 # rejects, so this module runs under standard promotion; dtypes are asserted explicitly instead.
@@ -35,8 +35,8 @@ OPTS = {
     "gradient": lambda: manifold_adamw(1e-2, mantissa_bits=3, formats=FORMATS),
     "gradient_fmt": lambda: manifold_adamw(1e-2, formats={"a": E4M3, "b": E5M2}),
     "update": lambda: manifold_adamw(0.25, formats={"a": E4M3, "b": E5M2}, weight_decay=1e-4),
-    "none": lambda: manifold_adamw(1e-2, formats=FORMATS, precondition="none"),
-    "grid": lambda: grid_optimizer(0.05, {"a": E4M3, "b": E5M2}),
+    "none": lambda: with_grid_diagnostics(manifold_adamw(1e-2, precondition="none"), FORMATS),
+    "grid": lambda: grid_optimizer(0.05, {"a": E4M3, "b": E5M2}, diagnostics=True),
     "grid_nearest": lambda: grid_optimizer(0.05, {"a": E4M3, "b": None}, rounding="nearest"),
     "snap": lambda: with_grid_diagnostics(
         optax.chain(optax.adamw(1e-2), snap_to_grid({"a": E4M3, "b": E5M2})),
@@ -52,6 +52,11 @@ def _grads(params, i):
 def _np_floor_log2(w):
     with np.errstate(divide="ignore"):
         return np.floor(np.log2(np.abs(w.astype(np.float64))))
+
+
+def _np_scale(w, fmt):
+    """NumPy reference of the recipe scale: the smallest 2^k with max|w| / 2^k < fmt.max."""
+    return 2.0 ** (np.floor(np.log2(np.max(np.abs(w)) / fmt.max)) + 1)
 
 
 def np_manifold(params, grads_seq, lr, b1, b2, eps, wd, *, mode, mbits=None, fmts=None,
@@ -77,7 +82,7 @@ def np_manifold(params, grads_seq, lr, b1, b2, eps, wd, *, mode, mbits=None, fmt
             d = mhat / (np.sqrt(vhat) + eps)
             if mode == "update" and fmts[k] is not None:
                 f = fmts[k]
-                scale = np.max(np.abs(w)) / f.max
+                scale = _np_scale(w, f)
                 y = np.abs(w) / scale
                 e = np.clip(_np_floor_log2(np.where(y == 0, f.min_normal, y)), f.emin, f.emax)
                 d = d * 2.0 ** (e - f.mantissa_bits) * scale
@@ -127,7 +132,7 @@ def test_none_mode_equals_optax_adamw_bitwise():
         jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                      u1, u2)
         p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
-    assert set(metrics(s)) >= {"optim/flips", "optim/updates", "optim/stall_ratio"}
+    assert not any(k.startswith("optim/flips") for k in metrics(s))  # the bare algorithm
 
 
 def test_gradient_mode_stiffness_values_and_clamp():
@@ -136,6 +141,21 @@ def test_gradient_mode_stiffness_values_and_clamp():
     u, s = tx.update(jnp.ones_like(p), tx.init(p), p)
     np.testing.assert_array_equal(np.asarray(u), [1.0, 0.25, 0.25, 0.5, 0.0625, 1.0, 4.0])
     assert float(s.stiffness_clamped_frac) == pytest.approx(1 / 7)
+
+
+def test_gradient_mode_e0m7_stiffness_is_the_seeds_constant():
+    """Fixed point (E0M7): one spacing everywhere, so S = 1/128 for every weight (the seeds')."""
+    p = jnp.array([0.0, 1e-4, 0.3, -0.9, 5.0], jnp.float32)
+    for fmts in ("E0M7", {"w": "E0M7"}):
+        tx = scale_by_stiffness(formats=fmts)
+        params = p if isinstance(fmts, str) else {"w": p}
+        u, s = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+        np.testing.assert_array_equal(np.asarray(jax.tree.leaves(u)[0]), np.full(5, 1 / 128))
+        assert float(s.stiffness_mean) == 1 / 128
+    # E1M6 keeps the binade rule (it has exponent bits)
+    tx = scale_by_stiffness(formats="E1M6")
+    u, _ = tx.update(jnp.ones(2), tx.init(jnp.array([1.0, 2.0])), jnp.array([1.0, 2.0]))
+    np.testing.assert_array_equal(np.asarray(u), [2.0 ** -6, 2.0 ** -5])
 
 
 # -------------------------------------------------------------------------- JAX contracts
@@ -189,7 +209,7 @@ def test_updates_keep_gradient_dtype_bf16(name):
 def test_under_inject_hyperparams_masked_multisteps():
     params = _params()
     inj = optax.inject_hyperparams(manifold_adamw, static_args=(
-        "mantissa_bits", "formats", "precondition", "track_bit_position"))(
+        "mantissa_bits", "formats", "precondition"))(
         learning_rate=1e-2, mantissa_bits=3, formats=FORMATS)
     s = inj.init(params)
     u, s = jax.jit(inj.update)(_grads(params, 0), s, params)
@@ -201,7 +221,13 @@ def test_under_inject_hyperparams_masked_multisteps():
     ginj = optax.inject_hyperparams(grid_optimizer, static_args=("formats", "rounding"))(
         learning_rate=0.05, formats=FORMATS, rounding="nearest")
     s = ginj.init(params)
-    jax.jit(ginj.update)(_grads(params, 0), s, params)
+    u, s = jax.jit(ginj.update)(_grads(params, 0), s, params)
+    assert float(metrics(s)["optim/learning_rate"]) == pytest.approx(0.05)
+    plain = grid_optimizer(0.05, FORMATS, rounding="nearest")
+    u_ref, _ = plain.update(_grads(params, 0), plain.init(params), params)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), u,
+                 u_ref)
+    assert not bool(jnp.all(u["a"] == 0))  # it moved something
 
     for tx in (grid_optimizer(0.05, FORMATS),):
         masked = optax.masked(tx, {"a": True, "b": False})
@@ -225,7 +251,7 @@ def test_in_chain_with_clip():
     params = _params()
     u, s = tx.update(_grads(params, 0), tx.init(params), params)
     assert "optim/stiffness_mean" in metrics(s)
-    assert optax.tree.get(s, "flips").dtype == jnp.int32
+    assert "optim/flips" not in metrics(s)  # diagnostics are opt-in
 
 
 # ------------------------------------------------------------------------------ validation
@@ -302,19 +328,10 @@ def test_rung_moves_are_exact_and_land_after_apply_updates(name):
         np.testing.assert_array_equal(np.asarray(landed), want)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _on_grid_jit(w, fmt, s):
-    return jnp.all(decode(encode(w / s, fmt), fmt) * s == w)
-
-
-def _on_grid(w, fmt, s):
-    return bool(_on_grid_jit(w, fmt, s))
-
-
 @pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
-def test_grid_weights_stay_on_grid_and_zero_grads_do_not_move(rounding):
+def test_grid_weights_stay_on_grid_and_every_weight_is_snapped(rounding):
     fmts = {"a": E4M3, "b": E5M2}
-    tx = grid_optimizer(0.05, fmts, rounding=rounding, weight_decay=1e-3)
+    tx = grid_optimizer(0.05, fmts, rounding=rounding, weight_decay=1e-3, diagnostics=True)
     params = _params()
     state = tx.init(params)
 
@@ -322,38 +339,40 @@ def test_grid_weights_stay_on_grid_and_zero_grads_do_not_move(rounding):
     def step(params, state, i):
         g = _grads(params, i)
         g = {"a": g["a"].at[0].set(0.0), "b": g["b"]}  # row 0 of "a" never gets a gradient
-        scales = {k: amax_scale(params[k], fmts[k], margin=1.0, pow2=True) for k in params}
         u, state = tx.update(g, state, params)
-        return optax.apply_updates(params, u), state, scales
+        new = optax.apply_updates(params, u)
+        return new, state, {k: is_on_grid(new[k], fmts[k]) for k in new}
 
     for i in range(8):
-        new, state, scales = step(params, state, jnp.float32(i))
-        np.testing.assert_array_equal(new["a"][0], params["a"][0])  # no gradient, no velocity
-        # every weight that moved this step lies exactly on the grid of the scale used; the
-        # others kept their value (row 0 keeps its off-grid init value forever)
-        for k in params:
-            w = jnp.where(new[k] != params[k], new[k], 0.0)
-            assert _on_grid(w, fmts[k], scales[k]), (i, k)
+        new, state, on = step(params, state, jnp.float32(i))
+        assert all(bool(v) for v in on.values()), (i, on)  # every weight, row 0 included
+        for k in params:  # and on the independently computed NumPy grid
+            w = np.asarray(new[k], np.float64)
+            y = np.abs(w) / _np_scale(w, fmts[k])
+            assert np.isin(y, fmts[k].grid()).all(), (i, k)
         params = new
     m = metrics(state)
     assert 0.0 <= float(m["optim/stall_ratio"]) <= 1.0
-    assert int(m["optim/updates"]) == 12 - 3 + 5
+    assert int(m["optim/updates"]) == 12 + 5  # weight decay makes every proposed step non-zero
     assert int(m["optim/flips"]) > 0
 
 
-def test_grid_off_grid_weight_with_zero_grad_never_moves():
-    tx = grid_optimizer(0.1, E4M3)
+def test_grid_snaps_every_weight_on_the_first_update():
+    tx = grid_optimizer(0.1, E4M3, diagnostics=True)
     p = jnp.array([0.3, 0.77, -0.123], jnp.float32)  # off the E4M3 grid
     u, s = jax.jit(tx.update)(jnp.zeros(3), tx.init(p), p)
-    np.testing.assert_array_equal(u, jnp.zeros(3))
-    assert int(s.flips) == 0 and int(s.updates) == 0 and float(s.stall_ratio) == 0.0
+    new = optax.apply_updates(p, u)
+    np.testing.assert_array_equal(new, quantize(p, E4M3, tensor_scale(p, E4M3)))
+    assert float(s.flips) == 0 and float(s.updates) == 0 and float(s.stall_ratio) == 0.0
+    bare = grid_optimizer(0.1, E4M3)
+    assert bare.init(p).flips is None and metrics(bare.init(p)) == {}
 
 
 def test_stochastic_rung_rounding_is_unbiased():
     fmt = E4M3
-    p = jnp.full((20000,), 1.0, jnp.float32).at[0].set(224.0)  # scale 1 (2*224/448), ulp(1) = 1/8
+    p = jnp.full((20000,), 1.0, jnp.float32).at[0].set(224.0)  # scale 1 (224 < 448), ulp(1) = 1/8
     g = jnp.full((20000,), -0.3 / 0.1 * 0.125, jnp.float32).at[0].set(0.0)  # 0.3 rungs
-    tx = grid_optimizer(0.1, fmt, momentum=0.0)
+    tx = grid_optimizer(0.1, fmt, momentum=0.0, diagnostics=True)
     u, s = jax.jit(tx.update)(g, tx.init(p), p)
     rungs = np.asarray(u[1:]) / 0.125
     assert set(np.unique(rungs)) <= {0.0, 1.0}
@@ -380,18 +399,20 @@ def test_snap_to_grid_lands_on_grid():
         tx = optax.chain(optax.adamw(0.05), snap_to_grid(fmts, rounding=rounding))
         params, _ = _run(tx, _params(), [_grads(_params(), i) for i in range(5)])
         for k in params:
-            assert _on_grid(params[k], fmts[k], amax_scale(params[k], fmts[k], pow2=True))
+            assert bool(is_on_grid(params[k], fmts[k])), (rounding, k)
+            w = np.asarray(params[k], np.float64)
+            assert np.isin(np.abs(w) / _np_scale(w, fmts[k]), fmts[k].grid()).all()
 
 
 # ---------------------------------------------------------------------------- diagnostics
 def test_diagnostic_counts_and_metric_names():
-    tx = manifold_adamw(1e-2, mantissa_bits=3, formats=FORMATS, track_bit_position=True)
+    tx = with_grid_diagnostics(manifold_adamw(1e-2, mantissa_bits=3), FORMATS)
     params = _params()
     g = jax.tree.map(lambda x: jnp.zeros_like(x), params)
     g["b"] = g["b"].at[:2].set(1.0)
     u, s = jax.jit(tx.update)(g, tx.init(params), params)
     m = metrics(s)
-    assert int(m["optim/updates"]) == 2
+    assert int(m["optim/updates"]) == 12  # "a": decay moves every weight; "b" is float32: excluded
     assert 0.0 <= float(m["optim/stall_ratio"]) <= 1.0
     for key in ("optim/flips", "optim/updates", "optim/stall_ratio", "optim/bit_position_mean_abs",
                 "optim/bit_position_mean", "optim/grid_steps_mean_abs", "optim/stiffness_mean",
@@ -401,23 +422,19 @@ def test_diagnostic_counts_and_metric_names():
     # (one scale for both sides: weight decay shrinks the amax, and a re-scaled grid would count
     # every element as a flip)
     new = optax.apply_updates(params, u)
-    from altgrad_jax.quant import quantize
-    s0 = amax_scale(params["a"], E4M3)
-    qa = quantize(params["a"], E4M3, s0)
-    qb = quantize(new["a"], E4M3, s0)
-    drifting = quantize(new["a"], E4M3, amax_scale(new["a"], E4M3))
-    assert int(jnp.sum(qa != drifting)) > int(jnp.sum(qa != qb))  # the drift the fix removes
-    want = int(jnp.sum(qa != qb)) + int(jnp.sum(new["b"] != params["b"]))
-    assert int(m["optim/flips"]) == want
-    s2 = manifold_adamw(1e-2, mantissa_bits=3, track_bit_position=False).init(params)
+    s0 = tensor_scale(params["a"], E4M3)
+    qa, qb = quantize(params["a"], E4M3, s0), quantize(new["a"], E4M3, s0)
+    assert int(m["optim/flips"]) == int(jnp.sum(qa != qb))
+    s2 = with_grid_diagnostics(manifold_adamw(1e-2, mantissa_bits=3), FORMATS,
+                               track_bit_position=False).init(params)
     assert jnp.ndim(s2.bit_position) == 0
 
 
 @pytest.mark.parametrize("name", ["float8_e4m3fn", "float8_e5m2", "float8_e3m4"])
 def test_flip_and_update_counts_match_an_ml_dtypes_reference(name):
-    """Counts from the optimizer state == NumPy/ml_dtypes: Q(x) = cast(x / s0) with IEEE division
-    and s0 = max|w| / fmt.max of the weights before the step, on 2^16 random weights with updates
-    spread over 6 decades (many cross a rounding boundary, most do not)."""
+    """Counts from the optimizer state == NumPy/ml_dtypes: Q(x) = cast(x / s0) with s0 the NumPy
+    recipe scale of the weights before the step, on 2^16 random weights with updates spread over 6
+    decades (many cross a rounding boundary, most do not)."""
     import ml_dtypes
 
     from altgrad_jax.optim import with_grid_diagnostics
@@ -431,14 +448,14 @@ def test_flip_and_update_counts_match_an_ml_dtypes_reference(name):
     tx = with_grid_diagnostics(optax.sgd(1.0), fmt)
     upd, st = jax.jit(tx.update)(jnp.asarray(-u), tx.init(jnp.asarray(w)), jnp.asarray(w))
     new = np.asarray(optax.apply_updates(jnp.asarray(w), upd))
-    s0 = np.float32(np.max(np.abs(w))) / np.float32(fmt.max)
+    s0 = np.float32(_np_scale(w, fmt))
 
     def q(x):
         y = np.clip(x / s0, -fmt.max, fmt.max)
         return y.astype(getattr(ml_dtypes, name)).astype(np.float32)
 
-    flipped = q(w) != q(new)
     updated = u != 0
+    flipped = (q(w) != q(new)) & updated
     assert 0 < flipped.sum() < n // 2
     assert int(st.flips) == int(flipped.sum())
     assert int(st.updates) == int(updated.sum())
@@ -507,7 +524,7 @@ def test_make_optimizer_registry_and_fields():
         s = tx.init(params)
         u, s = jax.jit(tx.update)(_grads(params, 0), s, params)
         m = metrics(s)
-        assert "optim/learning_rate" in m and "optim/flips" in m, (name, sorted(m))
+        assert "optim/learning_rate" in m and "optim/flips" not in m, (name, sorted(m))
         assert float(sched(5)) == pytest.approx(1e-2)
     with pytest.raises(ValueError, match="valid names"):
         make_optimizer(ml_collections.ConfigDict(dict(name="lion")), None)

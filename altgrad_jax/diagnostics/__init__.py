@@ -12,15 +12,19 @@ train step; heavy ones run in their own jitted function on their own schedule (`
 Key glossary
 ============
 ``<path>`` is a parameter path such as ``block_0/attn/query/kernel`` (`altgrad_jax.quant.path_to_str`).
-Counts are float32 (exact up to 2^24). A "quantized value" is ``quantize(w, f, amax_scale(w, f))``.
+Counts are float32 (exact up to 2^24). A "quantized value" is ``quantize(w, f, tensor_scale(w, f))``
+(`altgrad_jax.quant.tensor_scale`, the one per-tensor recipe of the forward pass and optimizers).
 
 Flips and stalls (`flip_stats`, `below_half_step_fraction`, `StallWindow`) — ``diag/``
-  ``diag/flips[/<path>]``          weights whose quantized value changed this step (float32 value
-                                   for unquantized leaves).
-  ``diag/updates[/<path>]``        coordinates with a non-zero gradient this step.
-  ``diag/stall_ratio[/<path>]``    ``max(0, 1 - flips / updates)``; 0 when nothing was updated.
-                                   A stall stops learning only when weights live on the grid.
-  ``diag/flip_rate``               flips / number of weights.
+  ``diag/updates[/<path>]``        quantized coordinates with a non-zero update this step (float32
+                                   leaves are excluded from every ``diag/`` count).
+  ``diag/flips[/<path>]``          of those, the ones whose quantized value changed, compared on
+                                   the pre-step grid (``tensor_scale`` of the old weights).
+  ``diag/stall_ratio[/<path>]``    `stall_ratio`: ``1 - flips / updates``; 0 when nothing was
+                                   updated. A stall stops learning only when weights live on the
+                                   grid.
+  ``diag/grid_steps_mean_abs``     mean ``|change of grid index|`` per non-zero update.
+  ``diag/flip_rate``               flips / number of quantized weights.
   ``diag/below_half_step[/<path>]`` fraction of non-zero updates with ``|u| < ulp(w)/2``: updates
                                    round-to-nearest would erase if weights lived on the grid.
   ``diag/windowed_stall_ratio``    (logged by the loop from `windowed_stall_ratio`) the stall
@@ -73,8 +77,9 @@ from altgrad_jax.diagnostics.clip import (PartitionRelativeClipState, clip_metri
                                           partition_relative_clip)
 from altgrad_jax.diagnostics.failure_report import worst_layers, write_failure_report
 from altgrad_jax.diagnostics.flips import (StallWindow, below_half_step_fraction, flip_stats,
-                                           init_stall_window, make_below_half_step_fn,
-                                           make_flip_stats_fn, quantized_view, stall_window_full,
+                                           init_stall_window, leaf_flip_counts,
+                                           make_below_half_step_fn, make_flip_stats_fn,
+                                           quantized_view, stall_ratio, stall_window_full,
                                            update_stall_window, windowed_stall_ratio)
 from altgrad_jax.diagnostics.grad_stats import (DeadWindow, gradient_stats, init_dead_window,
                                                 update_dead_window, windowed_dead_fraction)
@@ -92,7 +97,7 @@ from altgrad_jax.diagnostics.shadow import fp32_shadow_stats, make_fp32_shadow_f
 
 __all__ = [
     # flips and stalls
-    "flip_stats", "below_half_step_fraction", "make_flip_stats_fn", "make_below_half_step_fn",
+    "flip_stats", "stall_ratio", "leaf_flip_counts", "below_half_step_fraction", "make_flip_stats_fn", "make_below_half_step_fn",
     "quantized_view", "StallWindow", "init_stall_window",
     "update_stall_window", "windowed_stall_ratio", "stall_window_full",
     # rank

@@ -1,7 +1,8 @@
 """Grid flips and stalls: did an update move a weight to another point of its format's grid?
 
-A *flip* is a weight whose quantized value changed in one optimizer step; an *update* is a
-coordinate whose gradient was non-zero. When updates do not produce flips, the optimizer "stalls" on
+A *flip* is a quantized weight whose value on its (pre-step) grid changed in one optimizer step;
+an *update* is a quantized coordinate whose update (``new - old``) was non-zero. Float32 leaves are
+not counted. When updates do not produce flips, the optimizer "stalls" on
 the grid. With float32 master weights a stall does not stop learning (the master keeps accumulating
 and will eventually cross a rounding boundary); it does stop learning for optimizers that keep the
 weights only on the grid (the grid optimizer, or a final snap-to-grid link). Read the numbers with
@@ -22,90 +23,116 @@ import jax.numpy as jnp
 from altgrad_jax.diagnostics._tree import as_format_fn, count, f32, leaves_with_paths, safe_div
 from altgrad_jax.diagnostics.ring import RingBuffer, init_ring_buffer, ring_full, ring_push, ring_sum
 from altgrad_jax.formats import FloatFormat
-from altgrad_jax.quant import amax_scale, quantize, ulp
+from altgrad_jax.quant import quantize, rung_index, tensor_scale, ulp
+from altgrad_jax.quant.quantize import divide_by_scale
 
 
 def quantized_view(w: jax.Array, fmt: FloatFormat | None,
                    scale: jax.Array | None = None) -> jax.Array:
-    """``quantize(w, fmt, scale)`` with ``scale = amax_scale(w, fmt)`` by default (what the forward
-    pass sees), or ``w`` if ``fmt`` is None."""
+    """``quantize(w, fmt, scale)`` with ``scale = tensor_scale(w, fmt)`` by default (what the
+    forward pass sees), or ``w`` if ``fmt`` is None."""
     w = f32(w)
     if fmt is None:
         return w
-    return quantize(w, fmt, amax_scale(w, fmt) if scale is None else scale)
+    return quantize(w, fmt, tensor_scale(w, fmt) if scale is None else scale)
 
 
-def _changed(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Elementwise "a and b differ" where NaN equals NaN (a weight that stays NaN did not flip)."""
-    return ~((a == b) | (jnp.isnan(a) & jnp.isnan(b)))
+def stall_ratio(flips: jax.Array, updates: jax.Array) -> jax.Array:
+    """THE stall ratio: ``1 - flips / updates``, 0 when ``updates == 0``.
+
+    ``updates`` counts the quantized coordinates whose update is non-zero and ``flips`` those of
+    them whose quantized value (on the pre-step grid) changed, so ``flips <= updates`` and the
+    ratio is the fraction of non-zero updates that did not move the weight on its grid. Used by
+    `flip_stats`, the sliding window, the optimizers' opt-in counts, the fallback and the report.
+
+    Example:
+      >>> float(stall_ratio(jnp.float32(3), jnp.float32(4))), float(stall_ratio(0, 0))
+      (0.25, 0.0)
+    """
+    f, u = f32(flips), f32(updates)
+    return jnp.where(u > 0, jnp.float32(1.0) - f / jnp.where(u > 0, u, 1.0), jnp.float32(0.0))
 
 
-def _stall_ratio(flips: jax.Array, updates: jax.Array) -> jax.Array:
-    return jnp.maximum(jnp.float32(1.0) - safe_div(flips, updates, empty=1.0), jnp.float32(0.0))
+def leaf_flip_counts(w_old: jax.Array, w_new: jax.Array, update: jax.Array, fmt: FloatFormat
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(flips, updates, grid_steps_abs_sum)`` of one quantized leaf, as float32 scalars.
+
+    With ``s = tensor_scale(w_old, fmt)`` (the pre-step grid, used on both sides; of the finite
+    weights, so that one NaN does not blind the count) and
+    ``i(x) = rung_index(x / s, fmt)`` the integer grid position of ``x``'s quantized value:
+    ``updates = #{u != 0}``, ``flips = #{u != 0 and i(w_new) != i(w_old)}`` (a NaN that appears or
+    disappears also flips), ``grid_steps_abs_sum = sum_{u != 0} |i(w_new) - i(w_old)|``.
+    """
+    a, b = f32(w_old), f32(w_new)
+    s = tensor_scale(jnp.where(jnp.isfinite(a), a, 0.0), fmt)  # of the finite weights
+    i_old = rung_index(divide_by_scale(jnp.where(jnp.isnan(a), 0.0, a), s), fmt)
+    i_new = rung_index(divide_by_scale(jnp.where(jnp.isnan(b), 0.0, b), s), fmt)
+    nz = f32(update) != 0
+    moved = (i_new != i_old) | (jnp.isnan(a) != jnp.isnan(b))
+    steps = jnp.where(nz, jnp.abs(i_new - i_old), 0).astype(jnp.float32)
+    return count(nz & moved), count(nz), jnp.sum(steps)
 
 
-def flip_stats(old_params: Any, new_params: Any, grads: Any | None, format_fn: Any
+def flip_stats(old_params: Any, new_params: Any, updates: Any, format_fn: Any
                ) -> dict[str, jax.Array]:
     """Per-layer and total grid flips, updates and stall ratio of one optimizer step.
 
-    For each leaf with format ``f`` (``None`` = unquantized, compared in float32):
+    For each quantized leaf (format ``f``; float32 leaves are excluded everywhere), with ``u`` the
+    optimizer's update of the step (``new - old`` as applied) and ``Q`` the quantization on the
+    *pre-step* grid (``s = tensor_scale(w_old, f)`` on both sides):
 
     .. math::
-       \\mathrm{flips} = \\#\\{i : Q_f(w^{new})_i \\ne Q_f(w^{old})_i\\},\\quad
-       \\mathrm{updates} = \\#\\{i : g_i \\ne 0\\},\\quad
-       \\mathrm{stall} = \\max(0,\\, 1 - \\mathrm{flips} / \\mathrm{updates})
+       \\mathrm{updates} = \\#\\{i : u_i \\ne 0\\},\\quad
+       \\mathrm{flips} = \\#\\{i : u_i \\ne 0,\\ Q(w^{new})_i \\ne Q(w^{old})_i\\},\\quad
+       \\mathrm{stall} = 1 - \\mathrm{flips} / \\mathrm{updates}
 
-    with ``Q_f(w) = quantize(w, f, s)`` and ONE scale for both sides, ``s = amax_scale(w_old, f)``
-    (the grid the weights sat on before the step), and ``stall = 0`` when nothing was updated.
-    Holding the scale fixed is deliberate: under current amax scaling every step moves the largest
-    weight, so the tensor's scale changes and *every* forward-pass value changes with it; counting
-    those as flips would read "no stalls" whatever the update did (measured on EURLEX57K: 99.9998%
-    of weights "flipped" each step). A flip here is a weight that crossed a rounding boundary of its
-    grid because of the update. Momentum or weight decay can flip a coordinate whose gradient is
-    zero, so ``flips > updates`` is possible (hence the clip at 0).
+    (`stall_ratio`; 0 when nothing was updated). Holding the scale fixed is deliberate: under
+    current scaling the largest weight moves every step and with it every quantized value of the
+    tensor; counting that would read "no stalls" whatever the update did. Coordinates whose update
+    is zero (e.g. embedding rows outside the batch under plain SGD) are in neither count.
 
     Args:
       old_params: params before the step.
       new_params: params after the step (same structure).
-      grads: the gradients of the step (same structure), or None to count a coordinate as updated
-        when its float32 value changed (``new != old``).
+      updates: the updates applied by the step (same structure; ``new = old + updates``).
       format_fn: ``path -> FloatFormat | None`` (e.g. ``PrecisionRules.lookup``) or a
         `PrecisionRules`; static.
 
     Returns:
-      float32 scalars: ``diag/flips``, ``diag/updates``, ``diag/stall_ratio``, ``diag/flip_rate``
-      (flips / number of weights) and per layer ``diag/flips/<path>``, ``diag/updates/<path>``,
-      ``diag/stall_ratio/<path>``.
+      float32 scalars: ``diag/flips``, ``diag/updates``, ``diag/stall_ratio``,
+      ``diag/grid_steps_mean_abs`` (mean ``|change of grid index|`` per non-zero update),
+      ``diag/flip_rate`` (flips / quantized weights) and per quantized layer
+      ``diag/flips/<path>``, ``diag/updates/<path>``, ``diag/stall_ratio/<path>``.
 
     Example:
-      >>> old = {"w": jnp.array([1.0, 2.0, 3.0, 4.0])}
-      >>> new = {"w": jnp.array([1.01, 2.5, 3.0, 4.0])}      # 1.01 stays in its E4M3 cell
-      >>> s = flip_stats(old, new, {"w": jnp.ones(4)}, lambda p: "E4M3")
-      >>> float(s["diag/flips"]), float(s["diag/stall_ratio"])
-      (1.0, 0.75)
+      >>> old = {"w": jnp.array([1.0, 2.0, 3.0, 4.0]), "b": jnp.ones(2)}
+      >>> new = {"w": jnp.array([1.01, 2.5, 3.0, 4.0]), "b": jnp.zeros(2)}  # 1.01: same cell
+      >>> upd = jax.tree.map(lambda n, o: n - o, new, old)
+      >>> fmt = lambda p: "E4M3" if p == "w" else None
+      >>> s = flip_stats(old, new, upd, fmt)
+      >>> float(s["diag/flips"]), float(s["diag/updates"]), float(s["diag/stall_ratio"])
+      (1.0, 2.0, 0.5)
     """
     fmt_of = as_format_fn(format_fn)
-    old = leaves_with_paths(old_params)
     new = dict(leaves_with_paths(new_params))
-    g = dict(leaves_with_paths(grads)) if grads is not None else None
+    upd = dict(leaves_with_paths(updates))
     out: dict[str, jax.Array] = {}
-    tot_f, tot_u, tot_n = jnp.float32(0), jnp.float32(0), 0
-    for path, w_old in old:
-        w_new = new[path]
+    tot_f = tot_u = tot_steps = jnp.float32(0)
+    tot_n = 0
+    for path, w_old in leaves_with_paths(old_params):
         fmt = fmt_of(path)
-        scale = None if fmt is None else amax_scale(f32(w_old), fmt)
-        flips = count(_changed(quantized_view(w_new, fmt, scale), quantized_view(w_old, fmt, scale)))
-        if g is None:
-            updates = count(_changed(f32(w_new), f32(w_old)))
-        else:
-            updates = count(f32(g[path]) != 0)
+        if fmt is None:
+            continue
+        flips, n_upd, steps = leaf_flip_counts(w_old, new[path], upd[path], fmt)
         out[f"diag/flips/{path}"] = flips
-        out[f"diag/updates/{path}"] = updates
-        out[f"diag/stall_ratio/{path}"] = _stall_ratio(flips, updates)
-        tot_f, tot_u, tot_n = tot_f + flips, tot_u + updates, tot_n + int(jnp.size(w_old))
+        out[f"diag/updates/{path}"] = n_upd
+        out[f"diag/stall_ratio/{path}"] = stall_ratio(flips, n_upd)
+        tot_f, tot_u, tot_steps = tot_f + flips, tot_u + n_upd, tot_steps + steps
+        tot_n += int(jnp.size(w_old))
     out["diag/flips"] = tot_f
     out["diag/updates"] = tot_u
-    out["diag/stall_ratio"] = _stall_ratio(tot_f, tot_u)
+    out["diag/stall_ratio"] = stall_ratio(tot_f, tot_u)
+    out["diag/grid_steps_mean_abs"] = safe_div(tot_steps, tot_u)
     out["diag/flip_rate"] = tot_f / jnp.float32(max(tot_n, 1))
     return out
 
@@ -115,7 +142,7 @@ def below_half_step_fraction(params: Any, updates: Any, format_fn: Any) -> dict[
 
     .. math::
        \\frac{\\#\\{i : u_i \\ne 0,\\ |u_i| < \\mathrm{ulp}_f(w_i, s)/2\\}}{\\#\\{i : u_i \\ne 0\\}},
-       \\quad s = \\mathrm{amax\\_scale}(w, f)
+       \\quad s = \\mathrm{tensor\\_scale}(w, f)
 
     If the weights lived on the grid, these updates would be rounded away by round-to-nearest (a
     stall; ties at exactly half a step go to even, so they are not counted). ``ulp`` is the spacing of
@@ -132,8 +159,8 @@ def below_half_step_fraction(params: Any, updates: Any, format_fn: Any) -> dict[
       ``diag/below_half_step/<path>`` per quantized leaf; 0 where no update was non-zero.
 
     Example:
-      >>> p = {"w": jnp.array([1.0, 1.0, 1.0, -4.0])}   # scale 4/448: steps 0.071 at 1, 0.29 at 4
-      >>> u = {"w": jnp.array([0.01, 0.1, 0.0, 0.2])}   # 0.01 < 0.036 is erased; 0.1, 0.2 are not
+      >>> p = {"w": jnp.array([1.0, 1.0, 1.0, -4.0])}   # scale 2^-6: steps 1/8 at 1, 1/2 at 4
+      >>> u = {"w": jnp.array([0.01, 0.1, 0.0, 0.3])}   # 0.01 < 1/16 is erased; 0.1, 0.3 are not
       >>> s = below_half_step_fraction(p, u, lambda _: "E4M3")
       >>> round(float(s["diag/below_half_step"]), 4)
       0.3333
@@ -147,7 +174,7 @@ def below_half_step_fraction(params: Any, updates: Any, format_fn: Any) -> dict[
         if fmt is None:
             continue
         w, u = f32(w), f32(upd[path])
-        step = ulp(w, fmt, amax_scale(w, fmt))
+        step = ulp(w, fmt, tensor_scale(w, fmt))
         nz = u != 0
         small = count(nz & (jnp.abs(u) < step * jnp.float32(0.5)))
         n_nz = count(nz)
@@ -179,7 +206,11 @@ def update_stall_window(state: StallWindow, flips: jax.Array, updates: jax.Array
 
 
 def windowed_stall_ratio(state: StallWindow) -> jax.Array:
-    """``max(0, 1 - sum(flips) / sum(updates))`` over the window (not since step 0); 0 if empty.
+    """`stall_ratio` of ``sum(flips)`` and ``sum(updates)`` over the window (not since step 0).
+
+    When the loop samples every ``diag.every`` steps, the window holds the last ``W`` *samples*
+    and this is the ratio estimator ``sum(flips) / sum(updates)`` over them (a ratio of sums,
+    which weights each sampled step by its number of updates); 0 if empty.
 
     Example:
       >>> s = init_stall_window(2)
@@ -188,7 +219,7 @@ def windowed_stall_ratio(state: StallWindow) -> jax.Array:
       >>> float(windowed_stall_ratio(s))        # last two steps: 1 - 15/20
       0.25
     """
-    return _stall_ratio(ring_sum(state.flips), ring_sum(state.updates))
+    return stall_ratio(ring_sum(state.flips), ring_sum(state.updates))
 
 
 def stall_window_full(state: StallWindow) -> jax.Array:
@@ -197,12 +228,12 @@ def stall_window_full(state: StallWindow) -> jax.Array:
 
 
 def make_flip_stats_fn(format_fn: Any):
-    """A jitted ``(old_params, new_params, grads) -> flip_stats(...)`` with ``format_fn`` bound.
+    """A jitted ``(old_params, new_params, updates) -> flip_stats(...)`` with ``format_fn`` bound.
 
     Eager calls dispatch (and compile) every primitive separately; build this once outside the loop.
     """
     fn = as_format_fn(format_fn)
-    return jax.jit(lambda old, new, grads: flip_stats(old, new, grads, fn))
+    return jax.jit(lambda old, new, updates: flip_stats(old, new, updates, fn))
 
 
 def make_below_half_step_fn(format_fn: Any):

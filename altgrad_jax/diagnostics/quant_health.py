@@ -2,8 +2,9 @@
 
 Where overflow (saturation) can happen, and where it cannot:
 
-* **weights under current amax scaling** (``scale = max|w| / fmt.max``, what the model does): the
-  largest magnitude maps onto ``fmt.max``, so the overflow fraction is **0 by construction**. It is
+* **weights under the recipe scale** (``scale = tensor_scale(w, fmt)``, what the model does): the
+  largest magnitude maps into ``[fmt.max / 2, fmt.max)``, so the overflow fraction is **0 by
+  construction**. It is
   therefore not reported for weights unless you pass the scales actually used (``weight_scales``,
   e.g. from delayed scaling, where the current tensor can outgrow the amax history).
 * **delayed scaling**: the scale comes from past amaxes; a growing tensor saturates.
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 
 from altgrad_jax.diagnostics._tree import as_format_fn, count, f32, leaves_with_paths, safe_div
 from altgrad_jax.formats import FloatFormat, get_format
-from altgrad_jax.quant import amax_scale, quantize, ulp
+from altgrad_jax.quant import quantize, tensor_scale, ulp
 
 
 def tensor_health_counts(x: jax.Array, fmt: FloatFormat | str, scale: jax.Array | float
@@ -76,7 +77,7 @@ def quantization_health(params: Any, format_fn: Any, *, grads: Any | None = None
                         ) -> dict[str, jax.Array]:
     """Underflow, grid alignment and ULP statistics of each quantized tensor.
 
-    For a quantized weight ``w`` (format ``f``, scale ``s = amax_scale(w, f)`` unless
+    For a quantized weight ``w`` (format ``f``, scale ``s = tensor_scale(w, f)`` unless
     ``weight_scales[path]`` is given) over its finite elements:
 
     .. math::
@@ -123,7 +124,7 @@ def quantization_health(params: Any, format_fn: Any, *, grads: Any | None = None
         if fmt is None:
             continue
         given = path in weight_scales
-        scale = f32(weight_scales[path]) if given else amax_scale(f32(w), fmt)
+        scale = f32(weight_scales[path]) if given else tensor_scale(f32(w), fmt)
         c = tensor_health_counts(w, fmt, scale)
         out[f"quant/underflow/{path}"] = safe_div(c["underflow"], c["nonzero"])
         out[f"quant/grid_error/{path}"] = safe_div(c["grid_error_sum"], c["finite"])
@@ -149,7 +150,7 @@ def quantization_health(params: Any, format_fn: Any, *, grads: Any | None = None
             if fmt is None:
                 continue
             g = f32(g)
-            cs = tensor_health_counts(g, fmt, amax_scale(jnp.where(jnp.isfinite(g), g, 0.0), fmt))
+            cs = tensor_health_counts(g, fmt, tensor_scale(jnp.where(jnp.isfinite(g), g, 0.0), fmt))
             c1 = tensor_health_counts(g, fmt, 1.0)
             out[f"quant/grad_underflow/{path}"] = safe_div(cs["underflow"], cs["nonzero"])
             out[f"quant/grad_overflow_unscaled/{path}"] = c1["overflow"] / jnp.maximum(c1["n"], 1.0)

@@ -7,7 +7,9 @@ pooling (masked mean over real tokens, or the first ([CLS]) token) -> linear cla
 Quantization: every weight matmul is a `QDense`, whose ``dot_general`` is a
 `altgrad_jax.quant.QuantizedDotGeneral` built from the layer's own kernel path through the
 `QuantPolicy` (precision rules), so each layer uses its own format. Embedding tables are
-fake-quantized with per-tensor amax scaling when their rule gives a format. The two
+fake-quantized when their rule gives a format. Every weight (kernel or table) is quantized with
+`altgrad_jax.quant.tensor_scale`, the one per-tensor recipe that the optimizers' ulp, grid storage
+and the diagnostics also use: weights stored on their grid pass through unchanged. The two
 activation-activation matmuls inside attention (``q k^T`` and ``p v``), LayerNorm and softmax stay in
 float32. Master weights are float32 (the optimizer decides whether they live on a grid).
 
@@ -27,6 +29,7 @@ import jax.numpy as jnp
 
 from altgrad_jax.formats import FloatFormat, get_format
 from altgrad_jax.quant import PrecisionRules, QuantizedDotGeneral, quantize_amax
+from altgrad_jax.quant.scaling import _check_binades
 
 POOLING_MODES = ("mean", "cls")
 
@@ -41,15 +44,21 @@ class QuantPolicy:
         ``None`` (inputs stay float32), or a format applied to the input of every quantized layer.
       gradients: format of the output cotangent of every quantized layer in the backward pass, or
         None (e.g. ``E5M2``).
-      margin: per-tensor scaling headroom in binades.
+      margin: extra headroom, in whole binades, of the activation and gradient scales. Weights
+        have no free margin: they always use `altgrad_jax.quant.tensor_scale`, whose headroom
+        (the largest magnitude strictly below ``fmt.max * s``) is what grid storage needs.
     """
 
     weights: PrecisionRules = PrecisionRules()
     activations: str | FloatFormat | None = None
     gradients: str | FloatFormat | None = None
-    margin: float = 0.0
+    margin: int = 0
 
     def __post_init__(self):
+        try:
+            object.__setattr__(self, "margin", _check_binades(self.margin))
+        except ValueError as e:
+            raise ValueError(f"QuantPolicy: {e}") from e
         if self.activations is not None and self.activations != "same":
             object.__setattr__(self, "activations", get_format(self.activations))
         if self.gradients is not None:
@@ -101,8 +110,7 @@ class QEmbed(nn.Module):
     def __call__(self, ids):
         table = self.param("embedding", nn.initializers.normal(stddev=0.02),
                            (self.num_embeddings, self.features), jnp.float32)
-        table = quantize_amax(table, self.policy.weight_format(_path(self, "embedding")),
-                              margin=self.policy.margin)
+        table = quantize_amax(table, self.policy.weight_format(_path(self, "embedding")))
         return jnp.take(table, ids, axis=0)
 
 

@@ -118,3 +118,35 @@ def dtype_ulp(x: jax.Array) -> jax.Array:
     emin = int(finfo.minexp)
     e = jnp.maximum(floor_log2(x.astype(jnp.float32)), emin)
     return exp2_int(jnp.clip(e - m, -149, 127))
+
+
+def landing_update(target: jax.Array, w: jax.Array) -> jax.Array:
+    """A float32 update ``u`` with ``w + u == target`` exactly (what `optax.apply_updates` adds).
+
+    ``target - w`` is rounded when the two are far apart in magnitude, so ``w + (target - w)`` can
+    land one float32 ULP away from ``target`` (off the grid). One compensation step
+    ``u += target - (w + u)`` fixes every case where some float32 ``u`` reaches ``target``. None does
+    when ``target`` is more than ~2^24 times smaller than ``w`` and not a multiple of ``ulp(w) / 2``
+    (a jump from a large weight to a tiny grid value, possible only in wide-range formats such as
+    E5M2 or E7M0): there the weight lands on 0 instead (``u = -w``), which is on every grid.
+    NaN/inf targets pass through as ``target - w``.
+    """
+    t = target.astype(jnp.float32)
+    w = w.astype(jnp.float32)
+    u = t - w
+    land = w + u
+    u = jnp.where(land == t, u, u + (t - land))
+    ok = (w + u == t) | ~jnp.isfinite(t)
+    return jnp.where(ok, u, -w)
+
+
+def finish_bit_position(track: bool, treedef: Any, new_leaves: list, pos_abs_sum: jax.Array,
+                        prev: Any, signed_sum: jax.Array, denom: jax.Array
+                        ) -> tuple[Any, jax.Array]:
+    """``(bit_position, bit_position_mean_abs)`` of the new state, shared by the diagnostics and
+    the grid optimizer: the per-leaf arrays and the mean ``|b|`` over elements (``track``), or the
+    scalar running mean ``prev + signed_sum / denom`` and its absolute value (a lower bound)."""
+    if track:
+        return jax.tree_util.tree_unflatten(treedef, new_leaves), pos_abs_sum / denom
+    bit_position = prev + signed_sum / denom
+    return bit_position, jnp.abs(bit_position)

@@ -1,34 +1,30 @@
-"""Grid diagnostics kept in optimizer state (flips, stalls, bit position) and `metrics()`.
+"""Opt-in grid diagnostics kept in optimizer state (flips, stalls, bit position) and `metrics()`.
 
-Everything here is *not used by the algorithm*: it observes what an optimizer step does to the
-weights as seen through their quantization grids, on every step. The flip count compares the
-grid keys (`altgrad_jax.quant.grid_key`: the rounding without the decode) of the weights before and
-after the step, plus one amax reduction per tensor.
+Everything here is *not used by the algorithm* and *opt-in*: `manifold_adamw` and the other
+optimizers are the bare algorithms; wrap one in `with_grid_diagnostics` (or pass
+``grid_optimizer(..., diagnostics=True)``) to observe, on every step, what it does to the weights
+as seen through their quantization grids. The training loop does not use these: it computes the
+same figures in its own diagnostics step every ``diag.every`` steps
+(`altgrad_jax.diagnostics.flip_stats`).
 
-Cost: on a GPU these are a few fused element-wise passes. On XLA:CPU they are not cheap next to an
-AdamW step, which is a single memory-bound pass: whatever else reads the update or the old params
-makes XLA write the update or a copy of the params to a fresh full-size buffer, and the two roundings
-per element are real arithmetic on two cores (``bench/optim.py``: the "none" mode, which is
-AdamW plus these diagnostics, measured 2.0-2.8x of ``optax.adamw`` on 10M parameters without
-donation and 3.4-3.9x with donated buffers). In a training step the model dominates and the
-difference is small (``bench/train_step.py``).
+Cost: a few element-wise passes over the params and the update per step (about 2-3x an
+``optax.adamw`` step on XLA:CPU, which is a single memory-bound pass); hence opt-in.
 
-Definitions, per step (``w`` = params before, ``w' = apply_updates(w, u)`` = after, ``g`` = the raw
-gradient handed to the optimizer, ``Q(x) = quantize(x, fmt, s)`` with ``s = amax_scale(w, fmt)``
-the scale of the weights *before* the step, used for both sides):
+Definitions, per step, over *formatted* leaves only (float32 leaves are excluded from every count),
+with ``w`` the params before, ``u`` the update the wrapped optimizer returns, ``w' = w + u``, and
+the pre-step grid ``s = tensor_scale(w, fmt)`` used on both sides (one definition with
+`altgrad_jax.diagnostics.flip_stats`, computed by the same `leaf_flip_counts`):
 
-* ``updates``: number of elements with ``g != 0``.
-* ``flips``: number of elements with ``Q(w') != Q(w)`` (for leaves without a format: ``w' != w``).
-  The scale is held fixed on purpose: under current amax scaling the largest weight moves every
-  step, so the forward pass's scale, and with it every quantized value of the tensor, changes each
-  step; counting that would read "everything flipped, nothing stalls" whatever the update did
-  (measured on EURLEX57K with E5M2: 99.9998% of weights per step). A flip here is a weight that
-  crossed a rounding boundary of its grid because of the update.
-* ``stall_ratio``: fraction of updated elements (``g != 0``) whose quantized value did not change,
-  i.e. ``1 - flips/updates`` when every flip comes from an updated weight; 0 when nothing was
-  updated; never negative.
-* ``bit_position``: signed cumulative movement of each weight in grid steps of its target format,
-  ``sum_t (w'_t - w_t) / ulp(w_t, fmt, s_t)`` (leaves without a format: ULPs of the param dtype).
+* ``updates``: coordinates with ``u != 0``.
+* ``flips``: of those, the ones whose grid index changed.
+* ``stall_ratio``: `altgrad_jax.diagnostics.stall_ratio` = ``1 - flips / updates`` (0 if none).
+* ``grid_steps_mean_abs``: mean ``|change of grid index|`` per update.
+* ``bit_position``: signed cumulative movement of each weight in grid steps of its format,
+  ``sum_t (w'_t - w_t) / ulp(w_t, fmt, s_t)`` (zero for float32 leaves).
+
+Wrapped around a chain that ends with `snap_to_grid`, ``u`` is the snapped update: an update the
+snap rounded away is then a zero update, not a stall (measure the pre-snap update instead, e.g.
+with `altgrad_jax.diagnostics.below_half_step_fraction`).
 """
 
 from __future__ import annotations
@@ -39,8 +35,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from altgrad_jax.optim import _fast, _util
-from altgrad_jax.quant import amax_scale, exp2_int, grid_key, quantize, ulp
+from altgrad_jax.diagnostics.flips import leaf_flip_counts, stall_ratio
+from altgrad_jax.optim import _util
+from altgrad_jax.optim.grid import GridOptimizerState
+from altgrad_jax.optim.stiffness import ScaleByStiffnessState
+from altgrad_jax.optim.ulp_scaling import ScaleByUlpState
+from altgrad_jax.quant import tensor_scale, ulp
 
 
 class GridDiagnosticsState(NamedTuple):
@@ -48,13 +48,13 @@ class GridDiagnosticsState(NamedTuple):
 
     Attributes:
       inner_state: the wrapped transformation's state.
-      flips: int32, elements whose quantized value changed in the last step.
-      updates: int32, elements with a non-zero gradient in the last step.
-      stall_ratio: float32, fraction of updated elements that did not flip (0 if none updated).
-      grid_steps_mean_abs: float32, mean ``|w' - w| / ulp(w)`` of the last step.
+      flips: float32, formatted coordinates with a non-zero update whose grid value changed.
+      updates: float32, formatted coordinates with a non-zero update.
+      stall_ratio: float32, `altgrad_jax.diagnostics.stall_ratio` of the two.
+      grid_steps_mean_abs: float32, mean ``|change of grid index|`` per update.
       bit_position: per-leaf float32 arrays (``track_bit_position=True``) or a float32 scalar, the
-        mean over all elements of the signed cumulative movement (``False``).
-      bit_position_mean_abs: float32, mean ``|bit_position|`` over elements; with
+        mean over formatted elements of the signed cumulative movement (``False``).
+      bit_position_mean_abs: float32, mean ``|bit_position|`` over formatted elements; with
         ``track_bit_position=False`` it is ``|mean bit_position|``, a lower bound.
     """
 
@@ -67,100 +67,29 @@ class GridDiagnosticsState(NamedTuple):
     bit_position_mean_abs: jax.Array
 
 
-def stall_ratio(stalls: jax.Array, updates: jax.Array) -> jax.Array:
-    """``stalls / updates`` as float32, 0 when ``updates == 0``."""
-    u = updates.astype(jnp.float32)
-    return jnp.where(updates > 0, stalls.astype(jnp.float32) / jnp.maximum(u, 1.0),
-                     jnp.float32(0.0))
-
-
-def _leaf_parts(w: jax.Array, u: jax.Array, fmt, pow2_scale: bool):
-    """(w32, n32, flipped_fn, steps_fn) of one leaf; the functions are element-wise on slices."""
-    w_new = (w + u.astype(w.dtype)).astype(w.dtype)  # what optax.apply_updates computes
-    w32, n32 = w.astype(jnp.float32), w_new.astype(jnp.float32)
-    if fmt is None:
-        m, emin = int(jnp.finfo(w.dtype).nmant), int(jnp.finfo(w.dtype).minexp)
-
-        def flipped_fn(a, b):
-            return b != a
-
-        def steps_fn(a, b):
-            e = jnp.maximum(_util.floor_log2(a), emin)  # = _util.dtype_ulp(a in w.dtype)
-            return (b - a) / exp2_int(jnp.clip(e - m, -149, 127))
-    else:
-        s0 = amax_scale(w32, fmt, pow2=pow2_scale)
-        if fmt.min_subnormal > 2.0 ** -126:
-            def flipped_fn(a, b):  # one scale for both sides: see "flips" in the module docstring
-                # == (quantize(a, fmt, s0) != quantize(b, fmt, s0)), without decoding
-                return (grid_key(a, fmt, s0) != grid_key(b, fmt, s0)) | (a != a) | (b != b)
-        else:
-            def flipped_fn(a, b):
-                return quantize(a, fmt, s0) != quantize(b, fmt, s0)
-
-        def steps_fn(a, b):
-            return (b - a) / ulp(a, fmt, s0)
-    return w32, n32, flipped_fn, steps_fn
-
-
-def leaf_moves(g: jax.Array, w: jax.Array, u: jax.Array, fmt, *, pow2_scale: bool = False
-               ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Per-leaf (flips, updates, stalls, grid_steps) for one step; counts are int32 scalars.
-
-    Reference formulation (materialises the per-element arrays); `with_grid_diagnostics` computes
-    the same values with fused reductions.
-    """
-    w32, n32, flipped_fn, steps_fn = _leaf_parts(w, u, fmt, pow2_scale)
-    flipped = flipped_fn(w32, n32)
-    updated = g != 0
-    flips = jnp.sum(flipped, dtype=jnp.int32)
-    upd = jnp.sum(updated, dtype=jnp.int32)
-    stalls = jnp.sum(updated & ~flipped, dtype=jnp.int32)
-    return flips, upd, stalls, steps_fn(w32, n32)
-
-
-def _leaf_counts(g, w32, n32, flipped_fn):
-    """(flips, updates, stalls) in one fused pass (see `altgrad_jax.optim._fast`)."""
-
-    def masks(gi, a, b):
-        flipped = flipped_fn(a, b)
-        updated = gi != 0
-        return flipped, updated, updated & ~flipped
-
-    return _fast.fold_counts(masks, g, w32, n32)
-
-
-def finish_bit_position(track: bool, treedef: Any, new_leaves: list, pos_abs_sum: jax.Array,
-                        prev: Any, signed_sum: jax.Array, denom: jax.Array
-                        ) -> tuple[Any, jax.Array]:
-    """``(bit_position, bit_position_mean_abs)`` of the new state, shared by the diagnostics and
-    the grid optimizer: the per-leaf arrays and the mean ``|b|`` over elements (``track``), or the
-    scalar running mean ``prev + signed_sum / denom`` and its absolute value (a lower bound)."""
-    if track:
-        return jax.tree_util.tree_unflatten(treedef, new_leaves), pos_abs_sum / denom
-    bit_position = prev + signed_sum / denom
-    return bit_position, jnp.abs(bit_position)
+def _grid_steps(w32: jax.Array, n32: jax.Array, fmt) -> jax.Array:
+    return (n32 - w32) / ulp(w32, fmt, tensor_scale(w32, fmt))
 
 
 def with_grid_diagnostics(inner: optax.GradientTransformation, formats: _util.FormatsSpec = None,
-                          *, track_bit_position: bool = True, pow2_scale: bool = False
+                          *, track_bit_position: bool = True
                           ) -> optax.GradientTransformationExtraArgs:
     """Wraps any optimizer so that its state records what each step does on the weights' grids.
 
     .. math::
-       Q(x) = \\mathrm{quantize}(x, \\mathrm{fmt}, \\mathrm{amax\\_scale}(x)), \\quad
-       \\mathrm{flips} = \\#\\{i : Q(w'_i) \\ne Q(w_i)\\}, \\quad
-       \\mathrm{bit\\_position}_i \\mathrel{+}= (w'_i - w_i)/\\mathrm{ulp}(w_i)
+       \\mathrm{updates} = \\#\\{i : u_i \\ne 0\\}, \\quad
+       \\mathrm{flips} = \\#\\{i : u_i \\ne 0,\\ Q_s(w_i + u_i) \\ne Q_s(w_i)\\}, \\quad
+       s = \\mathrm{tensor\\_scale}(w)
 
-    with ``w' = w + u`` the params after ``optax.apply_updates``. The updates are passed through
-    unchanged (bit for bit). See the module docstring for every definition. Read the values with
-    `metrics` or ``optax.tree.get(state, "flips")``.
+    over formatted leaves. The updates are passed through unchanged (bit for bit). See the module
+    docstring for every definition. Read the values with `metrics` or
+    ``optax.tree.get(state, "flips")``.
 
     Args:
       inner: the optimizer to observe (any `optax.GradientTransformation`).
       formats: per-leaf target formats (pytree / callable / `PrecisionRules` / one format / None).
       track_bit_position: keep the per-element cumulative bit position (one float32 per
         parameter); False keeps scalars only.
-      pow2_scale: quantize with power-of-two per-tensor scales (match the forward pass).
 
     Returns:
       A `GradientTransformationExtraArgs` whose ``update`` needs ``params``.
@@ -178,50 +107,45 @@ def with_grid_diagnostics(inner: optax.GradientTransformation, formats: _util.Fo
 
     def init_fn(params):
         _util.resolve_formats(formats, params)
-        if track_bit_position:
-            bit_position = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
-        else:
-            bit_position = jnp.zeros([], jnp.float32)
-        return GridDiagnosticsState(
-            inner_state=inner.init(params), flips=jnp.zeros([], jnp.int32),
-            updates=jnp.zeros([], jnp.int32), stall_ratio=jnp.zeros([], jnp.float32),
-            grid_steps_mean_abs=jnp.zeros([], jnp.float32), bit_position=bit_position,
-            bit_position_mean_abs=jnp.zeros([], jnp.float32))
+        z = jnp.zeros([], jnp.float32)
+        bp = (jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+              if track_bit_position else z)
+        return GridDiagnosticsState(inner_state=inner.init(params), flips=z, updates=z,
+                                    stall_ratio=z, grid_steps_mean_abs=z, bit_position=bp,
+                                    bit_position_mean_abs=z)
 
     def update_fn(updates, state, params=None, **extra_args):
         if params is None:
             raise ValueError("with_grid_diagnostics needs params: tx.update(grads, state, params)")
         new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
         fmts = _util.resolve_formats(formats, params)
-        g_leaves, _ = _util.flatten(updates)
         p_leaves, treedef = _util.flatten(params)
         u_leaves, _ = _util.flatten(new_updates)
         b_leaves = _util.flatten(state.bit_position)[0] if track_bit_position else None
-        flips = upd = stalls = jnp.zeros([], jnp.int32)
-        abs_sum = signed_sum = pos_abs_sum = jnp.zeros([], jnp.float32)
+        flips = upd = steps = signed = pos_abs = jnp.float32(0)
         new_b, n = [], 0
-        for i, (g, w, u, fmt) in enumerate(zip(g_leaves, p_leaves, u_leaves, fmts)):
-            if _util.is_leaf(w):
+        for i, (w, u, fmt) in enumerate(zip(p_leaves, u_leaves, fmts)):
+            if _util.is_leaf(w) or fmt is None:
                 if track_bit_position:
                     new_b.append(b_leaves[i])
                 continue
-            w32, n32, flipped_fn, steps_fn = _leaf_parts(w, u, fmt, pow2_scale)
-            f, c, st = _leaf_counts(g, w32, n32, flipped_fn)
-            flips, upd, stalls = flips + f, upd + c, stalls + st
-            abs_sum = abs_sum + _fast.fold_sum(lambda a, b: jnp.abs(steps_fn(a, b)), w32, n32)
+            w32 = w.astype(jnp.float32)
+            n32 = (w + u.astype(w.dtype)).astype(w.dtype).astype(jnp.float32)  # apply_updates
+            f, c, st = leaf_flip_counts(w32, n32, u, fmt)
+            flips, upd, steps = flips + f, upd + c, steps + st
             n += w.size
+            moved = _grid_steps(w32, n32, fmt)
             if track_bit_position:
-                b = b_leaves[i] + steps_fn(w32, n32)
-                new_b.append(b)
-                pos_abs_sum = pos_abs_sum + jnp.sum(jnp.abs(b))
+                new_b.append(b_leaves[i] + moved)
+                pos_abs = pos_abs + jnp.sum(jnp.abs(new_b[-1]))
             else:
-                signed_sum = signed_sum + _fast.fold_sum(steps_fn, w32, n32)
+                signed = signed + jnp.sum(moved)
         denom = jnp.float32(max(n, 1))
-        bit_position, pos_mean_abs = finish_bit_position(
-            track_bit_position, treedef, new_b, pos_abs_sum, state.bit_position, signed_sum, denom)
+        bit_position, pos_mean_abs = _util.finish_bit_position(
+            track_bit_position, treedef, new_b, pos_abs, state.bit_position, signed, denom)
         new_state = GridDiagnosticsState(
-            inner_state=inner_state, flips=flips, updates=upd,
-            stall_ratio=stall_ratio(stalls, upd), grid_steps_mean_abs=abs_sum / denom,
+            inner_state=inner_state, flips=flips, updates=upd, stall_ratio=stall_ratio(flips, upd),
+            grid_steps_mean_abs=jnp.where(upd > 0, steps / jnp.maximum(upd, 1.0), 0.0),
             bit_position=bit_position, bit_position_mean_abs=pos_mean_abs)
         return new_updates, new_state
 
@@ -274,14 +198,10 @@ def metrics(opt_state: Any) -> dict[str, jax.Array]:
     Example:
       >>> import jax.numpy as jnp
       >>> from altgrad_jax.optim import manifold_adamw
-      >>> tx = manifold_adamw(1e-3, mantissa_bits=3)
+      >>> tx = with_grid_diagnostics(manifold_adamw(1e-3, mantissa_bits=3), "E4M3")
       >>> sorted(metrics(tx.init(jnp.ones(3))))[:3]
       ['optim/bit_position_mean', 'optim/bit_position_mean_abs', 'optim/flips']
     """
-    from altgrad_jax.optim.grid import GridOptimizerState  # local: grid imports this module
-    from altgrad_jax.optim.stiffness import ScaleByStiffnessState
-    from altgrad_jax.optim.ulp_scaling import ScaleByUlpState
-
     kinds = (GridDiagnosticsState, GridOptimizerState, ScaleByStiffnessState, ScaleByUlpState,
              optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
     found = [x for x in jax.tree_util.tree_leaves(opt_state,

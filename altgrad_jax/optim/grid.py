@@ -1,22 +1,19 @@
 """Optimizers whose weights live on their format's grid: `grid_optimizer` and `snap_to_grid`.
 
-Grid index (format semantics used by `rung_index` / `index_value`): a code is sign-magnitude,
-``S | E..E | M..M``. Its magnitude bits ``mag`` are monotone in the value, so the signed integer
-``i = (-1)^S * mag`` enumerates the finite grid in order, +0 and -0 both being ``i = 0``. Formats
-without subnormals skip the magnitudes ``1 .. 2^M - 1`` (they decode to 0). ``i`` is clipped to
-``+-I_max`` with ``I_max`` the index of ``fmt.max``, so inf/NaN codes are never produced. Example,
-E4M3 (e4m3fn): ``0 0111 000`` = 1.0 has ``i = 56``; ``i = 57`` is ``0 0111 001`` = 1.125; ``i = 55``
-is ``0 0110 111`` = 0.9375 (the binade edge is crossed by the integer add); ``I_max = 126`` (448).
+Grid index: see `altgrad_jax.quant.grid_index` (`rung_index`, `index_value`, re-exported here).
 
-Per-tensor scale of `grid_optimizer`: ``s = amax_scale(w, fmt, margin=1, pow2=True)`` of the
-*current* params, a power of two with one binade of headroom. The headroom is needed: with
-``s = max|w| / fmt.max`` the largest weight sits on the top rung and could never grow (the scale is
-recomputed from it), so a tensor could never widen its range. A power of two makes ``w / s`` and ``g * s`` are exact, grids at ``s`` and ``2s`` nest, and (tested
-exhaustively on every grid value and every move of up to ``rung_clip`` rungs) the returned
-``target - params`` makes ``optax.apply_updates`` land exactly on ``target``. With
-``pow2_scale=False`` (``s = max|w| / fmt.max``, the forward pass's current scaling) about 1% of
-moves that cross zero or more than a factor of two land one float32 ULP off the grid, because
-``target - params`` is then not exactly representable in float32.
+Storage (both links): every weight of a formatted leaf is stored on its tensor's recipe grid,
+``quantize(w, fmt, tensor_scale(w, fmt)) == w`` bit for bit after ``optax.apply_updates``, so the
+forward pass (which quantizes with the same `altgrad_jax.quant.tensor_scale`) computes with exactly
+the stored weights. Three details make it exact: (1) the targets are passed through
+`altgrad_jax.quant.store_on_grid`'s second rounding when the top weight reached ``fmt.max * s``
+(the recipe scale doubles); (2) the returned update is compensated (`_util.landing_update`) so that
+``w + u`` lands on the target in float32; (3) a target no float32 update can reach (more than ~2^24
+times smaller than the weight) becomes 0.
+
+Per-tensor scale of `grid_optimizer`: ``s = tensor_scale(w, fmt)`` of the *current* params (a power
+of two with the largest weight strictly below ``fmt.max * s``). A weight that climbs to the top
+value ``fmt.max * s`` doubles the scale at the next step, so a tensor can widen its range.
 """
 
 from __future__ import annotations
@@ -27,52 +24,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from altgrad_jax.formats import FloatFormat, decode, encode
+from altgrad_jax.diagnostics.flips import leaf_flip_counts, stall_ratio
+from altgrad_jax.formats import FloatFormat
 from altgrad_jax.optim import _util
-from altgrad_jax.optim.diagnostics import finish_bit_position, stall_ratio
-from altgrad_jax.quant import amax_scale, quantize, ulp
+from altgrad_jax.quant.random import hash_uniform
+from altgrad_jax.quant import (index_value, max_index, quantize, rung_index, store_on_grid,
+                               tensor_scale, ulp)
 
 ROUNDINGS = ("stochastic", "nearest")
 
 
-# ------------------------------------------------------------------------------ grid indices
-def _index_offset(fmt: FloatFormat) -> int:
-    return 0 if fmt.subnormals else (1 << fmt.mantissa_bits) - 1
-
-
-def max_index(fmt: FloatFormat) -> int:
-    """Index of ``fmt.max`` (the number of positive finite grid values)."""
-    return fmt.max_code_magnitude - _index_offset(fmt)
-
-
-def rung_index(y: jax.Array, fmt: FloatFormat) -> jax.Array:
-    """int32 monotone grid index of ``round_to_nearest(y)`` (``y`` unscaled, finite; saturating)."""
-    nb = fmt.exponent_bits + fmt.mantissa_bits
-    code = encode(y, fmt).astype(jnp.int32)
-    sign = (code >> nb) & 1
-    mag = code & ((1 << nb) - 1)
-    off = _index_offset(fmt)
-    if off:
-        mag = jnp.where(mag > off, mag - off, 0)
-    return jnp.where(sign == 1, -mag, mag)
-
-
-def index_value(i: jax.Array, fmt: FloatFormat) -> jax.Array:
-    """float32 grid value (unscaled) of the int32 index ``i`` (clipped to ``+-max_index``)."""
-    nb = fmt.exponent_bits + fmt.mantissa_bits
-    i = jnp.clip(i, -max_index(fmt), max_index(fmt))
-    mag = jnp.abs(i)
-    off = _index_offset(fmt)
-    if off:
-        mag = jnp.where(mag > 0, mag + off, 0)
-    code = jnp.where(i < 0, (1 << nb) | mag, mag)
-    return decode(code.astype(jnp.uint32), fmt)
-
-
-def grid_scale(w: jax.Array, fmt: FloatFormat, pow2_scale: bool = True,
-               margin: float = 0.0) -> jax.Array:
-    """The per-tensor scale the grid links use: ``amax_scale(w, fmt, margin=, pow2=pow2_scale)``."""
-    return amax_scale(w.astype(jnp.float32), fmt, margin=margin, pow2=pow2_scale)
+def grid_scale(w: jax.Array, fmt: FloatFormat) -> jax.Array:
+    """The per-tensor scale the grid links use: ``tensor_scale(w, fmt)`` (the forward pass's)."""
+    return tensor_scale(w.astype(jnp.float32), fmt)
 
 
 def move_rungs(w: jax.Array, k: jax.Array, fmt: FloatFormat, scale: jax.Array) -> jax.Array:
@@ -95,31 +59,59 @@ class GridOptimizerState(NamedTuple):
       grid_count: int32 step counter (for learning-rate schedules).
       velocity: per-leaf momentum buffer ``v`` (param dtype).
       grid_key: uint32[2] PRNG key for stochastic rung rounding.
-      flips, updates, stall_ratio, bit_position, bit_position_mean_abs, grid_steps_mean_abs:
-        diagnostics (not used by the algorithm), as in `GridDiagnosticsState`; ``bit_position``
-        counts rungs actually moved (exact integers, stored as float32).
-      rungs_clipped_frac: diagnostic, fraction of elements whose rung count hit ``rung_clip``.
+      flips, updates, stall_ratio, grid_steps_mean_abs, bit_position, bit_position_mean_abs,
+      rungs_clipped_frac: opt-in diagnostics (``diagnostics=True``; None otherwise), not used by
+        the algorithm. Over formatted leaves only: ``updates`` = coordinates with a non-zero
+        proposed step ``-eta v``, ``flips`` = those whose grid index changed (on the pre-step grid),
+        ``stall_ratio`` = `altgrad_jax.diagnostics.stall_ratio`, ``grid_steps_mean_abs`` = mean
+        ``|rungs moved|`` per update, ``bit_position`` = cumulative rungs per element (with
+        ``track_bit_position``), ``rungs_clipped_frac`` = fraction of elements whose rung count
+        hit ``rung_clip``.
     """
 
     grid_count: jax.Array
     velocity: Any
     grid_key: jax.Array
-    flips: jax.Array
-    updates: jax.Array
-    stall_ratio: jax.Array
-    grid_steps_mean_abs: jax.Array
-    bit_position: Any
-    bit_position_mean_abs: jax.Array
-    rungs_clipped_frac: jax.Array
+    flips: jax.Array | None = None
+    updates: jax.Array | None = None
+    stall_ratio: jax.Array | None = None
+    grid_steps_mean_abs: jax.Array | None = None
+    bit_position: Any = None
+    bit_position_mean_abs: jax.Array | None = None
+    rungs_clipped_frac: jax.Array | None = None
 
 
 def _check_rounding(rounding: str) -> None:
     _util.check_choice("rounding", rounding, ROUNDINGS)
 
 
+def _rung_counts(r: jax.Array, rounding: str, key: jax.Array) -> jax.Array:
+    """int32 rung counts ``k`` from real-valued ``r`` (stochastic: ``floor(r + U)``)."""
+    if rounding == "stochastic":
+        k = jnp.floor(r + hash_uniform(key, r.shape))
+    else:
+        k = jnp.round(r)
+    return jnp.where(jnp.isfinite(k), k, 0.0).astype(jnp.int32)
+
+
+def _grid_leaf(w32, step, fmt, rung_clip, rounding, key):
+    """(update, rungs moved, clipped count) of one formatted leaf: every weight ends on its grid."""
+    s = grid_scale(w32, fmt)
+    rc = jnp.asarray(rung_clip, jnp.float32)
+    r = step / ulp(w32, fmt, s)
+    clipped = jnp.sum((jnp.abs(r) >= rc).astype(jnp.float32))
+    k = _rung_counts(jnp.clip(r, -rc, rc), rounding, key)
+    i_old = rung_index(w32 / s, fmt)
+    i_new = jnp.clip(i_old + k, -max_index(fmt), max_index(fmt))
+    target = index_value(i_new, fmt) * s  # k == 0 snaps an off-grid weight too
+    target = quantize(target, fmt, tensor_scale(target, fmt))  # a no-op unless the scale grew
+    target = jnp.where(jnp.isfinite(step), target, step)  # NaN/inf stay visible
+    return _util.landing_update(target, w32), (i_new - i_old).astype(jnp.float32), clipped
+
+
 def grid_optimizer(learning_rate: Any, formats: _util.FormatsSpec, *, momentum: Any = 0.9,
                    weight_decay: Any = 0.0, rung_clip: Any = 10, rounding: str = "stochastic",
-                   seed: int = 0, track_bit_position: bool = True, pow2_scale: bool = True
+                   seed: int = 0, diagnostics: bool = False, track_bit_position: bool = True
                    ) -> optax.GradientTransformationExtraArgs:
     """SGD with momentum whose weights move by whole rungs of their format's grid (no master copy).
 
@@ -127,18 +119,18 @@ def grid_optimizer(learning_rate: Any, formats: _util.FormatsSpec, *, momentum: 
        v &\\leftarrow \\mu v + g + \\lambda w \\\\
        r &= \\mathrm{clip}(-\\eta v / \\mathrm{ulp}(w, \\mathrm{fmt}, s),\\ -R,\\ R), \\quad
        k = \\mathrm{round}(r) \\\\
-       w' &= s \\cdot \\mathrm{grid}[\\mathrm{index}(w/s) + k] \\ \\ (k \\ne 0), \\qquad w' = w \\ \\ (k = 0)
+       w' &= s \\cdot \\mathrm{grid}[\\mathrm{index}(w/s) + k]
 
-    with ``s = amax_scale(w, fmt, margin=1, pow2=True)`` of the current params (a power of two with
-    one binade of headroom so the largest weight can grow; see the module docstring), ``round`` unbiased stochastic (``floor(r + U[0,1))``) or nearest-even, and the
-    index move exact across binade edges, clipped to the finite range. A weight with zero gradient
-    and zero velocity never moves; an off-grid weight (e.g. at init) is snapped by its first
-    non-zero move only. Note that ``rung_clip`` bounds a step in rungs, i.e. relative to the
-    weight's binade: crossing zero through the subnormal range (``2^M`` rungs per binade) takes
-    ``2^M / rung_clip`` steps or more, so wide-mantissa formats need a larger ``rung_clip``.
-    Leaves whose format is None do plain SGD with momentum
-    (``w' = w - eta v``). This link needs ``params`` and must be the LAST link of a chain: it
-    returns ``target - params`` so `optax.apply_updates` lands every weight exactly on ``target``.
+    with ``s = tensor_scale(w, fmt)`` of the current params (the forward pass's scale; see the
+    module docstring), ``round`` unbiased stochastic (``floor(r + U[0,1))``) or nearest-even, and
+    the index move exact across binade edges, clipped to the finite range. The first update snaps
+    every weight onto its grid (``k = 0`` included), so from then on every stored weight is a grid
+    value: ``quantize(w, fmt, tensor_scale(w, fmt)) == w``. ``rung_clip`` bounds a step in rungs,
+    i.e. relative to the weight's binade: crossing zero through the subnormal range (``2^M`` rungs
+    per binade) takes ``2^M / rung_clip`` steps or more. Leaves whose format is None do plain SGD
+    with momentum (``w' = w - eta v``; the training factory gives them AdamW instead). This link
+    needs ``params`` and must be the LAST link of a chain: it returns ``target - params``
+    (compensated) so `optax.apply_updates` lands every weight exactly on ``target``.
 
     Args:
       learning_rate: step size (scalar or schedule).
@@ -149,8 +141,9 @@ def grid_optimizer(learning_rate: Any, formats: _util.FormatsSpec, *, momentum: 
       rung_clip: ``R``, the most rungs one step may move (positive).
       rounding: ``"stochastic"`` (unbiased) or ``"nearest"``.
       seed: seed of the PRNG key kept in the state.
-      track_bit_position: keep per-element cumulative rung counts in the state.
-      pow2_scale: power-of-two per-tensor scales (exact; default) or ``2 max|w| / fmt.max``.
+      diagnostics: keep flips / updates / stall ratio / bit position in the state (opt-in; they
+        cost extra passes over the params). Off: those state fields are None.
+      track_bit_position: with ``diagnostics``, keep per-element cumulative rung counts.
 
     Returns:
       An `optax.GradientTransformationExtraArgs`; state `GridOptimizerState`.
@@ -175,22 +168,22 @@ def grid_optimizer(learning_rate: Any, formats: _util.FormatsSpec, *, momentum: 
         raise ValueError("formats is required for grid_optimizer (use None leaves for float32 "
                          "parameters, or optax.sgd for no grid at all)")
     _util.check_formats_spec(formats)
+    if not isinstance(diagnostics, bool):
+        raise ValueError(f"diagnostics must be True or False, got {diagnostics!r}")
     lr_fn = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
+    track = diagnostics and track_bit_position
 
     def init_fn(params):
         _util.resolve_formats(formats, params)
-        zeros = lambda dtype: jnp.zeros([], dtype)  # noqa: E731
-        if track_bit_position:
-            bp = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
-        else:
-            bp = zeros(jnp.float32)
-        return GridOptimizerState(
-            grid_count=zeros(jnp.int32), velocity=jax.tree.map(jnp.zeros_like, params),
-            grid_key=jax.random.PRNGKey(seed).astype(jnp.uint32),
-            flips=zeros(jnp.int32),
-            updates=zeros(jnp.int32), stall_ratio=zeros(jnp.float32),
-            grid_steps_mean_abs=zeros(jnp.float32), bit_position=bp,
-            bit_position_mean_abs=zeros(jnp.float32), rungs_clipped_frac=zeros(jnp.float32))
+        state = GridOptimizerState(
+            grid_count=jnp.zeros([], jnp.int32), velocity=jax.tree.map(jnp.zeros_like, params),
+            grid_key=jax.random.PRNGKey(seed).astype(jnp.uint32))
+        if not diagnostics:
+            return state
+        z = jnp.zeros([], jnp.float32)
+        bp = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params) if track else z
+        return state._replace(flips=z, updates=z, stall_ratio=z, grid_steps_mean_abs=z,
+                              bit_position=bp, bit_position_mean_abs=z, rungs_clipped_frac=z)
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -201,70 +194,56 @@ def grid_optimizer(learning_rate: Any, formats: _util.FormatsSpec, *, momentum: 
         g_leaves, treedef = _util.flatten(updates)
         p_leaves, _ = _util.flatten(params)
         v_leaves, _ = _util.flatten(state.velocity)
-        b_leaves = _util.flatten(state.bit_position)[0] if track_bit_position else None
+        b_leaves = _util.flatten(state.bit_position)[0] if track else None
         lr = jnp.asarray(lr_fn(state.grid_count), jnp.float32)
         key, sub = jax.random.split(state.grid_key)
-        flips = upd = stalls = jnp.zeros([], jnp.int32)
-        abs_sum = signed_sum = pos_abs_sum = clip_sum = jnp.zeros([], jnp.float32)
+        tot = dict(flips=jnp.float32(0), upd=jnp.float32(0), steps=jnp.float32(0),
+                   clip=jnp.float32(0), pos_abs=jnp.float32(0), signed=jnp.float32(0))
         out_u, out_v, out_b, n = [], [], [], 0
         for i, (g, w, v, fmt) in enumerate(zip(g_leaves, p_leaves, v_leaves, fmts)):
             if _util.is_leaf(g):
                 out_u.append(g)
                 out_v.append(v)
-                if track_bit_position:
+                if track:
                     out_b.append(b_leaves[i])
                 continue
             g32, w32 = g.astype(jnp.float32), w.astype(jnp.float32)
             v32 = (jnp.asarray(momentum, jnp.float32) * v.astype(jnp.float32) + g32
                    + jnp.asarray(weight_decay, jnp.float32) * w32)
+            out_v.append(v32.astype(v.dtype))
             step = -lr * v32
             if fmt is None:  # plain SGD with momentum: the update is -lr * v itself
-                new = (w + step.astype(w.dtype)).astype(w.dtype).astype(jnp.float32)
-                rungs = (new - w32) / _util.dtype_ulp(w)
-                clipped = jnp.zeros([], jnp.float32)
-                flipped = new != w32
                 out_u.append(step.astype(g.dtype))
-            else:
-                s = grid_scale(w32, fmt, pow2_scale, margin=1.0)
-                r = step / ulp(w32, fmt, s)
-                rc = jnp.asarray(rung_clip, jnp.float32)
-                clipped = jnp.sum((jnp.abs(r) >= rc).astype(jnp.float32))
-                r = jnp.clip(r, -rc, rc)
-                if rounding == "stochastic":
-                    noise = jax.random.uniform(jax.random.fold_in(sub, i), r.shape, jnp.float32)
-                    k = jnp.floor(r + noise)
+                if track:
+                    out_b.append(b_leaves[i])
+                continue
+            u, rungs, clipped = _grid_leaf(w32, step, fmt, rung_clip, rounding,
+                                           jax.random.fold_in(sub, i))
+            out_u.append(u.astype(g.dtype))
+            if diagnostics:
+                f, c, st = leaf_flip_counts(w32, w32 + u, step, fmt)
+                tot["flips"], tot["upd"], tot["steps"] = (tot["flips"] + f, tot["upd"] + c,
+                                                          tot["steps"] + st)
+                tot["clip"] = tot["clip"] + clipped
+                n += g.size
+                if track:
+                    out_b.append(b_leaves[i] + rungs)
+                    tot["pos_abs"] = tot["pos_abs"] + jnp.sum(jnp.abs(out_b[-1]))
                 else:
-                    k = jnp.round(r)
-                k = jnp.where(jnp.isfinite(k), k, 0.0).astype(jnp.int32)
-                i_old = rung_index(w32 / s, fmt)
-                i_new = jnp.clip(i_old + k, -max_index(fmt), max_index(fmt))
-                target = jnp.where(k == 0, w32, index_value(i_new, fmt) * s)
-                target = jnp.where(jnp.isfinite(step), target, step)  # NaN/inf stay visible
-                rungs = jnp.where(k == 0, 0, i_new - i_old).astype(jnp.float32)
-                flipped = target != w32
-                out_u.append((target - w32).astype(g.dtype))
-            updated = g != 0
-            flips = flips + jnp.sum(flipped, dtype=jnp.int32)
-            upd = upd + jnp.sum(updated, dtype=jnp.int32)
-            stalls = stalls + jnp.sum(updated & ~flipped, dtype=jnp.int32)
-            abs_sum = abs_sum + jnp.sum(jnp.abs(rungs))
-            clip_sum = clip_sum + clipped
-            n += g.size
-            if track_bit_position:
-                b = b_leaves[i] + rungs
-                out_b.append(b)
-                pos_abs_sum = pos_abs_sum + jnp.sum(jnp.abs(b))
-            else:
-                signed_sum = signed_sum + jnp.sum(rungs)
-            out_v.append(v32.astype(v.dtype))
-        denom = jnp.float32(max(n, 1))
-        bp, bp_abs = finish_bit_position(track_bit_position, treedef, out_b, pos_abs_sum,
-                                         state.bit_position, signed_sum, denom)
+                    tot["signed"] = tot["signed"] + jnp.sum(rungs)
         new_state = GridOptimizerState(
             grid_count=optax.safe_increment(state.grid_count),
-            velocity=jax.tree_util.tree_unflatten(treedef, out_v), grid_key=key,
-            flips=flips, updates=upd, stall_ratio=stall_ratio(stalls, upd), grid_steps_mean_abs=abs_sum / denom,
-            bit_position=bp, bit_position_mean_abs=bp_abs, rungs_clipped_frac=clip_sum / denom)
+            velocity=jax.tree_util.tree_unflatten(treedef, out_v), grid_key=key)
+        if diagnostics:
+            denom = jnp.float32(max(n, 1))
+            bp, bp_abs = _util.finish_bit_position(track, treedef, out_b, tot["pos_abs"],
+                                                   state.bit_position, tot["signed"], denom)
+            new_state = new_state._replace(
+                flips=tot["flips"], updates=tot["upd"], stall_ratio=stall_ratio(
+                    tot["flips"], tot["upd"]),
+                grid_steps_mean_abs=jnp.where(tot["upd"] > 0, tot["steps"] / jnp.maximum(
+                    tot["upd"], 1.0), 0.0), bit_position=bp, bit_position_mean_abs=bp_abs,
+                rungs_clipped_frac=tot["clip"] / denom)
         return jax.tree_util.tree_unflatten(treedef, out_u), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -277,26 +256,27 @@ class SnapToGridState(NamedTuple):
     snap_key: jax.Array
 
 
-def snap_to_grid(formats: _util.FormatsSpec, *, rounding: str = "nearest", seed: int = 0,
-                 pow2_scale: bool = True) -> optax.GradientTransformationExtraArgs:
-    """Snaps the would-be new params onto their format's per-tensor-scaled grid (weights on grid).
+def snap_to_grid(formats: _util.FormatsSpec, *, rounding: str = "nearest", seed: int = 0
+                 ) -> optax.GradientTransformationExtraArgs:
+    """Snaps the would-be new params onto their format's per-tensor grid (weights on grid).
 
     .. math::
-       w' = w + u, \\quad s = \\mathrm{amax\\_scale}(w', \\mathrm{fmt}), \\quad
-       u \\leftarrow \\mathrm{quantize}(w', \\mathrm{fmt}, s) - w
+       w' = w + u, \\quad t = \\mathrm{store\\_on\\_grid}(w', \\mathrm{fmt}), \\quad
+       u \\leftarrow t - w \\ \\text{(compensated)}
 
-    Use it as the LAST link after any optimizer to keep the weights only on the grid (regime
-    (b)): ``optax.chain(optax.adamw(1e-3), snap_to_grid(formats))``. It needs ``params`` and returns
-    ``target - params`` so `optax.apply_updates` lands on ``target``; with power-of-two scales
-    (default) this is exact whenever ``target`` and ``params`` lie within a factor of two of each
-    other or a few grid steps apart; a move across many binades can land one float32 ULP away.
-    Leaves whose format is None pass through.
+    with `altgrad_jax.quant.store_on_grid` (rounding at ``tensor_scale(w')``, re-rounded once if
+    the recipe scale of the result grew). Use it as the LAST link after any optimizer to keep the
+    weights only on the grid (regime (b)): ``optax.chain(optax.adamw(1e-3), snap_to_grid(formats))``.
+    It needs ``params`` and returns an update with ``w + u == t`` exactly in float32, so after
+    `optax.apply_updates` every stored weight satisfies ``quantize(w, fmt, tensor_scale(w, fmt)) ==
+    w`` (the forward pass computes with exactly the stored weights; see the module docstring for
+    the one exception, a target no float32 update can reach, which lands on 0). Leaves whose format
+    is None pass through.
 
     Args:
       formats: per-leaf formats (pytree / callable ``path -> format`` / `PrecisionRules` / one).
       rounding: ``"nearest"`` (ties to even) or ``"stochastic"`` (unbiased).
       seed: seed of the PRNG key kept in the state (stochastic rounding).
-      pow2_scale: power-of-two per-tensor scale (default) or ``max|w'| / fmt.max``.
 
     Returns:
       An `optax.GradientTransformationExtraArgs`; state `SnapToGridState`.
@@ -333,10 +313,9 @@ def snap_to_grid(formats: _util.FormatsSpec, *, rounding: str = "nearest", seed:
                 continue
             w32 = w.astype(jnp.float32)
             new = (w + u.astype(w.dtype)).astype(w.dtype).astype(jnp.float32)
-            s = grid_scale(new, fmt, pow2_scale)
             kw = {"key": jax.random.fold_in(sub, i)} if rounding == "stochastic" else {}
-            target = quantize(new, fmt, s, rounding=rounding, **kw)
-            out.append((target - w32).astype(u.dtype))
+            target = store_on_grid(new, fmt, rounding=rounding, **kw)
+            out.append(_util.landing_update(target, w32).astype(u.dtype))
         return jax.tree_util.tree_unflatten(treedef, out), SnapToGridState(snap_key=key)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -7,7 +7,6 @@ from typing import Any
 import optax
 
 from altgrad_jax.optim import _util
-from altgrad_jax.optim.diagnostics import metrics, with_grid_diagnostics  # noqa: F401
 from altgrad_jax.optim.stiffness import scale_by_stiffness
 from altgrad_jax.optim.ulp_scaling import scale_by_ulp
 
@@ -17,8 +16,8 @@ PRECONDITION_MODES = ("gradient", "update", "none")
 def manifold_adamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
                    weight_decay: Any = 0.01, *, mantissa_bits: int | None = None,
                    formats: _util.FormatsSpec = None, precondition: str = "gradient",
-                   max_stiffness: Any = 1e6, track_bit_position: bool = True,
-                   unformatted_scale: float = 1.0) -> optax.GradientTransformationExtraArgs:
+                   max_stiffness: Any = 1e6,
+                   unformatted_scale: float = 1.0) -> optax.GradientTransformation:
     """AdamW whose steps respect the weights' number grids ("ManifoldAdamW").
 
     ``precondition="gradient"`` (the seed's algorithm; stiffness before the moments):
@@ -38,7 +37,7 @@ def manifold_adamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any 
 
     ``precondition="update"`` (ULP-consistent): the normalised Adam direction is multiplied by the
     local grid spacing of the weight's target format, with the per-tensor scale
-    ``s = amax_scale(w, fmt)`` of the current params:
+    ``s = tensor_scale(w, fmt)`` of the current params (the forward pass's scale):
 
     .. math::
        w \\leftarrow w - \\eta\\,\\Big(\\mathrm{ulp}(w, \\mathrm{fmt}, s)\\,
@@ -55,10 +54,11 @@ def manifold_adamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any 
     step scaled by ``unformatted_scale`` (set it to ``adamw_lr / eta`` so biases, LayerNorm and an
     unquantized head get a plain AdamW step of ``adamw_lr``; the training configs do this).
 
-    ``precondition="none"``: exactly `optax.adamw` (bit for bit), with the diagnostics, for A/B runs.
+    ``precondition="none"``: exactly `optax.adamw` (bit for bit), for A/B runs.
 
-    Every mode is wrapped in `with_grid_diagnostics` (flips, updates, stall ratio, bit position);
-    the diagnostics are not used by the algorithm; read them with `altgrad_jax.optim.metrics`.
+    This is the bare algorithm: no flips or stall counts are computed. To observe them, wrap it:
+    ``with_grid_diagnostics(manifold_adamw(...), formats)`` (opt-in; read them with
+    `altgrad_jax.optim.metrics`).
 
     Args:
       learning_rate: ``eta`` (scalar or schedule); parameter units, or grid steps for "update".
@@ -71,22 +71,22 @@ def manifold_adamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any 
       formats: the target formats: a pytree like params (FloatFormat / name / None per leaf; None
         marks a float32 leaf), a callable ``path -> format`` on ``path_to_str`` paths such as
         ``"block_0/attn/query/kernel"``, `PrecisionRules`, or one format for every leaf. Required
-        for "update"; used by the diagnostics in every mode.
+        for "update".
       precondition: ``"gradient"``, ``"update"`` or ``"none"``.
       max_stiffness: clamp of S ("gradient" mode).
-      track_bit_position: keep the per-element cumulative bit position (one float32 per param).
       unformatted_scale: "update" mode: factor on the Adam direction of leaves without a format.
 
     Returns:
-      An `optax.GradientTransformationExtraArgs` whose ``update`` needs ``params``.
+      An `optax.GradientTransformation` whose ``update`` needs ``params``.
 
     Example:
       >>> import jax.numpy as jnp, optax
-      >>> tx = manifold_adamw(1e-2, mantissa_bits=3, formats="E4M3")
+      >>> tx = manifold_adamw(1e-2, precondition="none")   # = optax.adamw(1e-2, weight_decay=0.01)
       >>> p = jnp.array([1.0, -2.0]); s = tx.init(p)
       >>> u, s = tx.update(jnp.array([0.5, 0.5]), s, p)
-      >>> p = optax.apply_updates(p, u); int(metrics(s)["optim/updates"])
-      2
+      >>> ref = optax.adamw(1e-2, weight_decay=0.01)
+      >>> bool((u == ref.update(jnp.array([0.5, 0.5]), ref.init(p), p)[0]).all())
+      True
 
     References:
       Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization" (AdamW);
@@ -95,19 +95,6 @@ def manifold_adamw(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any 
       updates" (Madam); Zhao et al., 2022, "LNS-Madam: Low-Precision Training in Logarithmic
       Number System using Multiplicative Weight Update".
     """
-    inner = manifold_adamw_core(learning_rate, b1, b2, eps, weight_decay,
-                                mantissa_bits=mantissa_bits, formats=formats,
-                                precondition=precondition, max_stiffness=max_stiffness,
-                                unformatted_scale=unformatted_scale)
-    return with_grid_diagnostics(inner, formats, track_bit_position=track_bit_position)
-
-
-def manifold_adamw_core(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8,
-                        weight_decay: Any = 0.01, *, mantissa_bits: int | None = None,
-                        formats: _util.FormatsSpec = None, precondition: str = "gradient",
-                        max_stiffness: Any = 1e6, unformatted_scale: float = 1.0
-                        ) -> optax.GradientTransformation:
-    """`manifold_adamw` without the diagnostics wrapper (the bare chain); same arguments."""
     _util.check_choice("precondition", precondition, PRECONDITION_MODES)
     _util.check_number("learning_rate", learning_rate, lo=0.0)
     _util.check_number("b1", b1, lo=0.0, hi=1.0, hi_open=True)
@@ -135,4 +122,7 @@ def manifold_adamw_core(learning_rate: Any, b1: Any = 0.9, b2: Any = 0.999, eps:
     else:
         inner = optax.chain(adam, decay, lr)  # = optax.adamw
     return inner
+
+
+manifold_adamw_core = manifold_adamw  # the former name of the bare chain
 

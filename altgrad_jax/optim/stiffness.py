@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from altgrad_jax.optim import _fast, _util
+from altgrad_jax.optim import _util
 from altgrad_jax.quant import exp2_int
 
 
@@ -24,14 +24,19 @@ class ScaleByStiffnessState(NamedTuple):
     stiffness_clamped_frac: jax.Array
 
 
-def stiffness(w: jax.Array, mantissa_bits: int, max_stiffness: Any = 1e6) -> tuple[jax.Array,
-                                                                                    jax.Array]:
+def stiffness(w: jax.Array, mantissa_bits: int, max_stiffness: Any = 1e6, *,
+              fixed_step: float | None = None) -> tuple[jax.Array, jax.Array]:
     """``S = min(2^(floor(log2|w|) - M), max_stiffness)``, 1 where ``w == 0``; and the clamp mask.
 
     ``floor(log2|w|)`` is read from the float32 exponent field (exact; no ``log2`` rounding).
-    Returns float32 ``(S, clamped)``.
+    ``fixed_step`` (fixed-point formats, E0My): ``S = fixed_step`` everywhere, the format's
+    constant spacing (E0M7: 1/128, the seeds' constant). Returns float32 ``(S, clamped)``.
     """
     w32 = w.astype(jnp.float32)
+    if fixed_step is not None:
+        s = jnp.full(w32.shape, fixed_step, jnp.float32)
+        max_s = jnp.asarray(max_stiffness, jnp.float32)
+        return jnp.minimum(s, max_s), s > max_s
     e = _util.floor_log2(w32)
     s = exp2_int(jnp.clip(e - mantissa_bits, -149, 127))
     s = jnp.where(w32 == 0, jnp.float32(1.0), s)
@@ -49,7 +54,9 @@ def scale_by_stiffness(mantissa_bits: int | None = None, formats: _util.FormatsS
        S_i = 1 \\text{ if } w_i = 0, \\qquad g_i \\leftarrow S_i\\, g_i
 
     ``M`` is ``mantissa_bits`` when given, else the mantissa bits of each leaf's format; leaves
-    without a format get ``S = 1``. ``S`` is the spacing of an (unscaled) M-bit-mantissa grid in the
+    without a format get ``S = 1``. A fixed-point format (no exponent bits, E0My) has one spacing
+    everywhere, so its stiffness is that constant, ``S = 2^(e_min - M)`` (E0M7: 1/128, as in the
+    seeds), read from the leaf's format when ``mantissa_bits`` is None. ``S`` is the spacing of an (unscaled) M-bit-mantissa grid in the
     binade of ``w``. Followed by `optax.scale_by_adam`, a per-coordinate scale that is constant over
     time cancels in ``m / sqrt(v)``; what remains is an effective change of Adam's ``eps`` (``eps/S``)
     and transients when ``w`` crosses a binade edge (S jumps by 2x while ``v`` remembers the old S).
@@ -106,11 +113,12 @@ def scale_by_stiffness(mantissa_bits: int | None = None, formats: _util.FormatsS
                 out.append(g)
                 s_sum = s_sum + jnp.float32(g.size)
                 continue
-            s, clamped = stiffness(w, m, max_stiffness)
+            fixed = (2.0 ** (fmt.emin - fmt.mantissa_bits) if mantissa_bits is None
+                     and fmt is not None and fmt.exponent_bits == 0 else None)
+            s, clamped = stiffness(w, m, max_stiffness, fixed_step=fixed)
             out.append((g.astype(jnp.float32) * s).astype(g.dtype))
-            s_sum = s_sum + _fast.fold_sum(lambda a: stiffness(a, m, max_stiffness)[0], w)
-            c_sum = c_sum + _fast.fold_counts(
-                lambda a: (stiffness(a, m, max_stiffness)[1],), w)[0].astype(jnp.float32)
+            s_sum = s_sum + jnp.sum(s)
+            c_sum = c_sum + jnp.sum(clamped.astype(jnp.float32))
         denom = jnp.float32(max(n, 1))
         new_state = ScaleByStiffnessState(stiffness_mean=s_sum / denom,
                                           stiffness_clamped_frac=c_sum / denom)

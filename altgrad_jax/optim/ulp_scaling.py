@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from altgrad_jax.optim import _fast, _util
-from altgrad_jax.quant import amax_scale, ulp
+from altgrad_jax.quant import tensor_scale, ulp
 
 
 class ScaleByUlpState(NamedTuple):
@@ -23,18 +23,18 @@ class ScaleByUlpState(NamedTuple):
     ulp_mean: jax.Array
 
 
-def grid_spacing(w: jax.Array, fmt, *, pow2_scale: bool = False) -> jax.Array:
-    """float32 ``ulp(w, fmt, amax_scale(w, fmt))``: the local step of the tensor's scaled grid."""
+def grid_spacing(w: jax.Array, fmt) -> jax.Array:
+    """float32 ``ulp(w, fmt, tensor_scale(w, fmt))``: the local step of the tensor's grid."""
     w32 = w.astype(jnp.float32)
-    return ulp(w32, fmt, amax_scale(w32, fmt, pow2=pow2_scale))
+    return ulp(w32, fmt, tensor_scale(w32, fmt))
 
 
-def scale_by_ulp(formats: _util.FormatsSpec, *, pow2_scale: bool = False,
+def scale_by_ulp(formats: _util.FormatsSpec, *,
                  unformatted_scale: float = 1.0) -> optax.GradientTransformation:
     """Scales each update by the local grid spacing of its weight's target format.
 
     .. math::
-       s = \\mathrm{amax\\_scale}(w, \\mathrm{fmt}) = \\max|w| / \\mathrm{fmt.max}, \\qquad
+       s = \\mathrm{tensor\\_scale}(w, \\mathrm{fmt}), \\qquad
        u_i \\leftarrow \\mathrm{ulp}(w_i, \\mathrm{fmt}, s)\\; u_i
 
     Placed after `optax.scale_by_adam` (whose direction has magnitude about 1 per coordinate), one
@@ -48,7 +48,6 @@ def scale_by_ulp(formats: _util.FormatsSpec, *, pow2_scale: bool = False,
       formats: per-leaf formats: a pytree like params (FloatFormat / name / None per leaf), a
         callable ``path -> format`` (``path_to_str`` of the key path), `PrecisionRules`, or one
         format for all leaves.
-      pow2_scale: round the per-tensor scale up to a power of two (as `grid_optimizer` does).
       unformatted_scale: the factor for leaves without a format (> 0; 1.0 = unchanged).
 
     Returns:
@@ -88,8 +87,8 @@ def scale_by_ulp(formats: _util.FormatsSpec, *, pow2_scale: bool = False,
                            (u.astype(jnp.float32) * unformatted_scale).astype(u.dtype))
                 continue
             w32 = w.astype(jnp.float32)
-            s = amax_scale(w32, fmt, pow2=pow2_scale)
-            step = ulp(w32, fmt, s)  # = grid_spacing(w, fmt, pow2_scale=pow2_scale)
+            s = tensor_scale(w32, fmt)  # the forward pass's scale (one grid per tensor)
+            step = ulp(w32, fmt, s)  # = grid_spacing(w, fmt)
             out.append((u.astype(jnp.float32) * step).astype(u.dtype))
             total = total + _fast.fold_sum(lambda a: ulp(a, fmt, s), w32)
             n += u.size

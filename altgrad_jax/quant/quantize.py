@@ -26,8 +26,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from altgrad_jax.formats import FloatFormat, get_format
-from altgrad_jax.formats.codec import (_ABS_MASK, _EXP_MASK, _U32, _c, bits_float32, float32_bits,
+from altgrad_jax.formats.codec import (_ABS_MASK, _EXP_MASK, _c, bits_float32, float32_bits,
                                        round_magnitude_bits)
+from altgrad_jax.quant.random import hash_bits
 
 ROUNDING_MODES = ("nearest", "stochastic")
 STE_MODES = ("identity", "clipped")
@@ -153,7 +154,8 @@ def quantize(x: jax.Array, fmt: FloatFormat | str, scale: jax.Array | float = 1.
       fmt: a `FloatFormat` or a registered name (``"E5M2"``, ``"float8_e4m3fn"``, ...).
       scale: a positive finite scalar (or array broadcastable to ``x``); 1.0 = unscaled grid.
       rounding: ``"nearest"`` (ties to even) or ``"stochastic"`` (unbiased; needs ``key``).
-      key: a PRNG key for stochastic rounding.
+      key: a PRNG key for stochastic rounding (expanded to one word per element by the
+        counter-based `altgrad_jax.quant.random.hash_bits`).
       ste: straight-through gradient, ``"identity"`` or ``"clipped"`` (zero outside the range).
       impl: ``"bits"`` (integer rounding, every format, cannot be elided by XLA) or ``"native"``
         (the XLA cast to the ``ml_dtypes`` twin, clipped first; nearest rounding only, and only for
@@ -191,7 +193,7 @@ def quantize(x: jax.Array, fmt: FloatFormat | str, scale: jax.Array | float = 1.
     if rounding == "stochastic":
         if key is None:
             raise ValueError("rounding='stochastic' needs a PRNG key: quantize(..., key=key)")
-        random_bits = jax.random.bits(key, x.shape, _U32)
+        random_bits = hash_bits(key, x.shape)  # counter-based: ~5x faster than threefry
     scale = lax.stop_gradient(jnp.asarray(scale, jnp.float32))
     out = _fake_quant(fmt, impl, ste, x.astype(jnp.float32), scale, random_bits)
     return out.astype(x.dtype)
