@@ -158,6 +158,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.stability.fallback_stall_threshold = 0.99  # windowed stall ratio that triggers a fallback
     c.stability.fallback_min_step = 100  # never before this step (and never at step 0)
 
+    # ---------------------------------------------------------------------------------- mesh
+    c.mesh = ml_collections.ConfigDict()  # altgrad_jax.parallel (README "Scaling past one device")
+    c.mesh.data = -1  # devices on the data axis (-1 = all devices of all processes; 1 = one)
+    c.mesh.fsdp = False  # also split params/optimizer state over data (leading dim divisible)
+    c.mesh.fsdp_min_size = 1024  # leaves with fewer elements stay replicated under fsdp
+    c.mesh.vmap_seeds = 1  # train seeds train.seed .. +S-1 in one vmapped program (1 = off)
+
     # --------------------------------------------------------------------------------- logging
     c.log = ml_collections.ConfigDict()
     c.log.wandb_mode = "offline"  # "offline", "online", "disabled"
