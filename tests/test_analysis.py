@@ -199,6 +199,17 @@ def test_record_is_compact_and_carries_the_mechanism(tmp_path):
     assert records_lib.load_records(str(tmp_path / "study"))["E4M3__ulp_sr__s1"] == json.loads(
         open(path).read())
     assert records_lib.value(rec, "mech/diag/stall_ratio/tail") == 0.5
+    assert "!runs/" in open(str(tmp_path / "study" / ".gitignore")).read()
+
+
+def test_the_study_records_are_not_ignored_by_git():
+    """The repository ignores run folders named runs/ at any depth; the study folder's own
+    .gitignore must un-ignore its records."""
+    proc = subprocess.run(["git", "check-ignore", "-q", "reports/study_cpu/runs/x.json"],
+                          cwd=ROOT, capture_output=True)
+    assert proc.returncode == 1  # 1 = not ignored
+    proc = subprocess.run(["git", "check-ignore", "-q", "runs/study_cpu/x/ckpt"], cwd=ROOT)
+    assert proc.returncode == 0  # the checkpoints stay ignored
 
 
 def test_malformed_metrics_line_names_file_and_line(tmp_path):
@@ -240,7 +251,7 @@ def test_only_completed_runs_enter_the_tables(tmp_path):
     assert "| E4M3 | ulp_sr | — | — | 0.2500 (n=1) |" in mech_section
     assert "0.99" not in text
     assert "`E4M3__ulp_sr__s2`: diverged" in text and "`E4M3__ulp_sr__s3`: interrupted" in text
-    assert "`E4M3__ulp_sr__s4`: missing (never finished)" in text
+    assert "- stage primary, 1 never finished: `E4M3__ulp_sr__s4`" in text
     assert "1 of 4 primary cells completed" in text
     csv = open(os.path.join(d, "runs.csv")).read().splitlines()
     assert len(csv) == 4  # every recorded run, header + 3

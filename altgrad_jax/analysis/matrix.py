@@ -13,7 +13,8 @@ across formats: every arm takes ``optimizer.lr_units="parameter"``, so ``learnin
 AdamW-sized step, and the ULP arms move ``c * lr / median_spacing(tensor at init)`` grid steps per
 step with the dimensionless ``c = optimizer.grid_step_multiplier`` (c = 1: an AdamW-sized step in
 every format). Each arm is tuned on one field (`Arm.tune_field`: the lr for AdamW-direction arms,
-``c`` for the ULP arms) over the same factors of its base value.
+``c`` for the ULP arms, ``optimizer.grid_learning_rate`` for the grid optimizer's quantized
+leaves) over the same factors of its base value.
 
 A study config (``configs/study_cpu.py``) lists *stages* in run order,
 ``"<stage> | <formats> | <arms> | <seeds>"``; a stage whose name starts with ``tune`` is a tuning
@@ -61,7 +62,7 @@ class Arm:
       regime: ``"a"`` (float32 masters, quantized forward) or ``"b"`` (weights on the grid).
       role: what the arm is for in the analysis (printed in the report and TEST_MATRIX.md).
       overrides: ``{"group.field": value}`` applied to the run config (interfaces.md names).
-      tune_field: the field the tuning stage scales (``optimizer.learning_rate`` or ``c``).
+      tune_field: the field the tuning stage scales (lr, ``c`` or the grid optimizer's rate).
     """
 
     name: str
@@ -156,10 +157,14 @@ class RunSpec:
         tail = f"/{self.factor}" if self.factor else ""
         return f"{self.format}/{self.arm}/{self.seed}{tail}"
 
-    def to_dict(self) -> dict:
-        return {"name": self.name, "stage": self.stage, "format": self.format, "arm": self.arm,
-                "regime": self.regime, "seed": self.seed, "factor": self.factor,
-                "overrides": {k: jsonable(v) for k, v in self.overrides}}
+    def to_dict(self, *, overrides: bool = True) -> dict:
+        """JSON-compatible cell (``overrides`` left out for the plan file: they are the study's
+        and the arm's, both recorded once)."""
+        out = {"name": self.name, "stage": self.stage, "format": self.format, "arm": self.arm,
+               "regime": self.regime, "seed": self.seed, "factor": self.factor}
+        if overrides:
+            out["overrides"] = {k: jsonable(v) for k, v in self.overrides}
+        return out
 
 
 def factor_label(factor: str) -> str:

@@ -159,10 +159,20 @@ def record_path(report_dir: str, name: str) -> str:
     return os.path.join(report_dir, "runs", f"{name}.json")
 
 
+GITIGNORE = ("# The run records are tracked: the top-level \"runs/\" pattern (checkpoint folders) "
+             "must not hide them.\n!runs/\n")
+
+
 def write_record(report_dir: str, rec: dict) -> str:
-    """Writes ``<report_dir>/runs/<name>.json`` atomically (a crash never leaves half a record)."""
+    """Writes ``<report_dir>/runs/<name>.json`` atomically (a crash never leaves half a record),
+    and a ``<report_dir>/.gitignore`` that un-ignores ``runs/`` (the repository ignores run
+    folders named ``runs/`` at any depth)."""
     path = record_path(report_dir, rec["name"])
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    ignore = os.path.join(report_dir, ".gitignore")
+    if not os.path.exists(ignore):
+        with open(ignore, "w") as f:
+            f.write(GITIGNORE)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(rec, f, indent=1, sort_keys=True)

@@ -218,14 +218,22 @@ def _status(all_recs, plan) -> tuple[list[str], int, int]:
     done = {n for n, r in all_recs.items() if r.get("status") == "completed"}
     prim = [c["name"] for c in planned if c.get("stage") == "primary"]
     lines = [f"Cells: {len(names)} planned or recorded, {len(done)} completed."]
-    not_done = [n for n in ([c["name"] for c in planned] or sorted(names)) if n not in done]
-    if not_done:
+    order = [c["name"] for c in planned] + sorted(set(all_recs) - {c["name"] for c in planned})
+    stage_of = {c["name"]: c.get("stage", "?") for c in planned}
+    stopped = [n for n in order if n in all_recs and n not in done]
+    missing: dict[str, list[str]] = {}
+    for n in order:
+        if n not in all_recs:
+            missing.setdefault(stage_of.get(n, "?"), []).append(n)
+    if stopped or missing:
         lines += ["", "Not completed (excluded from every table):", ""]
-        for n in not_done:
-            r = all_recs.get(n)
-            st = "missing (never finished)" if r is None else r.get("status", "?")
-            lines.append(f"- `{n}`: {st}" + (f" at step {r.get('step')}: {r.get('reason')}"
-                                               if r and r.get("reason") else ""))
+    for n in stopped:
+        r = all_recs[n]
+        lines.append(f"- `{n}`: {r.get('status', '?')} at step {r.get('step')}"
+                     + (f": {r.get('reason')}" if r.get("reason") else ""))
+    for stage, ns in missing.items():
+        lines.append(f"- stage {stage}, {len(ns)} never finished: "
+                     + ", ".join(f"`{n}`" for n in ns))
     return lines, len([n for n in prim if n in done]), len(prim)
 
 
@@ -279,7 +287,9 @@ def write_report(report_dir: str, *, plots: bool = True, n_boot: int = 2000) -> 
              **{f"{k}/tail": value(r, f"mech/{k}/tail") for k in MECHANISM_KEYS},
              **{f"perf/{k}": v for k, v in (r.get("perf") or {}).items()}}
             for r in all_recs.values()]
-    pd.DataFrame(rows).to_csv(os.path.join(report_dir, "runs.csv"), index=False)
+    pd.DataFrame(rows, columns=None if rows else ["name", "stage", "format", "arm", "regime",
+                                                  "seed", "factor", "status"]).to_csv(
+        os.path.join(report_dir, "runs.csv"), index=False)
     lines += ["Every run: [runs.csv](runs.csv).", ""]
     if plots and recs:
         lines += _plots(report_dir, test_recs, fmts)

@@ -72,7 +72,9 @@ def write_plan(study: Study, choices: dict) -> str:
            "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "config": json.loads(study.cfg.to_json()),
            "chosen": tuning_lib.chosen_factors(choices.values()),
-           "cells": [s.to_dict() for s in study.specs]}
+           "arms": {a: {k: v for k, v in matrix_lib.ARMS[a].overrides.items()}
+                    for a in dict.fromkeys(s.arm for s in study.specs)},
+           "cells": [s.to_dict(overrides=False) for s in study.specs]}
     path = os.path.join(study.report_dir, "plan.json")
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
