@@ -270,6 +270,9 @@ def test_report_from_records_alone(tmp_path):
     text = open(report_lib.write_report(d)).read()
     first = text.split("\n\n")[1]
     assert "**E5M2**" in first and "[" in first and "benefits most" in first
+    assert "closes G = " in first  # FP32 reference present: the gap closed is quoted
+    mech = text[text.index("## Mechanism"):text.index("## The seeds")]
+    assert "| E5M2 | ulp_sr |" in mech and mech.count("+0.0") >= 7  # the benefit beside it
     assert "| E1M6 |" not in text.split("## Secondary")[0].split("## Primary")[1]  # not primary
     e1 = text[text.index("## E1M6"):text.index("## References")]
     assert "| adamw_rtn | 1 | 0.4000 | 0.4000 | 0.000000 |" in e1

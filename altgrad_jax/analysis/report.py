@@ -119,7 +119,10 @@ def answer_paragraph(a: dict | None, n_done: int, n_planned: int) -> str:
         verdict = (f" **The winner is not distinguishable** from the runner-up ({second}): best − "
                    f"runner-up = {_ci(bvr)} includes 0 (bootstrap P({best} is the winner) = "
                    f"{a['p_winner'][best]:.2f}).")
-    count = (f" Formats with a Holm-significant positive benefit: "
+    g = a["gap"].get((best, TREATMENT), float("nan"))
+    gap = (f" On {best} ulp_sr closes G = {g:.2f} of the adamw_rtn-to-FP32 gap (adamw_sr: "
+           f"{a['gap'].get((best, CONTROLS[0]), float('nan')):.2f})." if math.isfinite(g) else "")
+    count = gap + (f" Formats with a Holm-significant positive benefit: "
              f"{', '.join(sig) if sig else 'none'}. Trend of the benefit per exponent bit: "
              f"{_ci(a['trend'])}.")
     return head + verdict + count + missing
@@ -155,15 +158,19 @@ def _secondary(records) -> list[str]:
     return lines
 
 
-def _mechanism(recs, formats) -> list[str]:
+def _mechanism(recs, formats, a: dict | None) -> list[str]:
+    """Mechanism figures per format x arm, beside the format's benefit (ulp_sr − adamw_sr)."""
+    benefit = {c.label.split(":")[0]: _ci(c) for c in (a or {}).get("contrasts", {}).get(
+        CONTROLS[0], [])}
     rows = []
     for f in formats:
         for arm in ARMS:
             if any(r["format"] == f and r["arm"] == arm for r in recs):
                 rows.append([f, arm, *(_mean_cell(recs, f, arm, f"mech/{k}/"
                                                   f"{'last' if k.startswith('rank') else 'tail'}")
-                                       for k in MECHANISM_KEYS)])
-    return _table(["format", "arm", *MECHANISM_KEYS], rows)
+                                       for k in MECHANISM_KEYS),
+                             benefit.get(f, "—") if arm == TREATMENT else ""])
+    return _table(["format", "arm", *MECHANISM_KEYS, "benefit ulp_sr − adamw_sr"], rows)
 
 
 def _seeds12(recs) -> list[str]:
@@ -270,7 +277,7 @@ def write_report(report_dir: str, *, plots: bool = True, n_boot: int = 2000) -> 
     lines += ["## Mechanism (tail mean over the last 20% of diagnostics steps; rank: last)", "",
               "Fraction of updates below half a grid step, mean |grid steps| moved per updated "
               "coordinate, stall ratio, flips and updates per diagnostics step, effective rank.",
-              ""] + _mechanism(test_recs, fmts) + [""]
+              ""] + _mechanism(test_recs, fmts, a) + [""]
     lines += ["## The seeds' 12 conditions (regime a)", ""] + _seeds12(test_recs) + [""]
     lines += ["## E1M6 next to E0M7", ""] + _e1m6(recs) + [""]
     lines += ["## References (FP32, BF16)", ""]
