@@ -171,7 +171,9 @@ def test_dry_run_order_states_and_cost(tmp_path):
                overrides=("train.num_steps=1000",))
     study = study_lib.open_study(c)
     lines = study_lib.dry_run_lines(study)
-    assert lines[1] == "-- stage tune (3 cells)" and "-- stage main (4 cells)" in lines
+    # 3 x (1000 x 0.57 + 90) s = 0.55 h; 4 x 660 s = 0.73 h
+    assert lines[1] == "-- stage tune (3 cells, 0.6 core-hours; 0.6 cumulative)"
+    assert "-- stage main (4 cells, 0.7 core-hours; 1.3 cumulative)" in lines
     assert "wait_tune" in lines[6] and "tuning pending" in lines[6]
     # default 0.57 s/step: 7 runs x (1000 x 0.57 + 90) s = 1.283 core-hours
     assert lines[-1].startswith("cost: 0.570 s/step (default") and "total 1.3 core-hours" in \

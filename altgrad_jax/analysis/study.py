@@ -90,14 +90,21 @@ def dry_run_lines(study: Study, specs: list | None = None) -> list[str]:
     chosen = tuning_lib.chosen_factors(choices.values())
     specs = study.specs if specs is None else specs
     states = {s.name: cost_lib.cell_state(s, records, choices) for s in specs}
+    cfg = study.cfg
+    sps = cost_lib.measured_sec_per_step(records)
+    sps_used = float(cfg.get("sec_per_step", cost_lib.DEFAULT_SEC_PER_STEP)) if sps is None else sps
+    overhead = float(cfg.get("overhead_s", cost_lib.DEFAULT_OVERHEAD_S))
     lines = [f"study {study.cfg.get('study', '')}: {len(specs)} cells in run order "
              f"(records: {study.report_dir}/runs, run folders: {study.run_dir})"]
-    stage = None
+    stage, cum_h = None, 0.0
     for i, s in enumerate(specs, start=1):
         if s.stage != stage:
             stage = s.stage
-            n = sum(x.stage == stage for x in specs)
-            lines.append(f"-- stage {stage} ({n} cells)")
+            members = [x for x in specs if x.stage == stage]
+            h = sum(study.num_steps(x) * sps_used + overhead for x in members) / 3600.0
+            cum_h += h
+            lines.append(f"-- stage {stage} ({len(members)} cells, {h:.1f} core-hours; "
+                         f"{cum_h:.1f} cumulative)")
         field, val, fac = matrix_lib.tuned_value(s, chosen)
         ch = choices.get(s.arm)
         if not s.is_tuning and ch is not None and ch.status != "chosen":
@@ -105,12 +112,10 @@ def dry_run_lines(study: Study, specs: list | None = None) -> list[str]:
         else:
             tuned = f"{field.split('.')[-1]}={val:.4g} (x{fac})"
         lines.append(f"{i:4d} {s.name:<36s} {s.regime:<4s} {states[s.name]:<11s} {tuned}")
-    sps = cost_lib.measured_sec_per_step(records)
-    cfg = study.cfg
     plan = cost_lib.plan_cost(
         specs, {s.name: study.num_steps(s) for s in specs}, states, sec_per_step=sps,
         default_sec_per_step=float(cfg.get("sec_per_step", cost_lib.DEFAULT_SEC_PER_STEP)),
-        overhead_s=float(cfg.get("overhead_s", cost_lib.DEFAULT_OVERHEAD_S)))
+        overhead_s=overhead)
     src = ("measured: median of the records' perf.train_steps_per_s" if plan.measured else
            "default (no record has perf.train_steps_per_s yet)")
     by_state = {}
@@ -118,7 +123,7 @@ def dry_run_lines(study: Study, specs: list | None = None) -> list[str]:
         by_state[v] = by_state.get(v, 0) + 1
     lines += [f"cells: {plan.cells} ({', '.join(f'{k} {v}' for k, v in sorted(by_state.items()))})",
               f"cost: {plan.sec_per_step:.3f} s/step ({src}) + "
-              f"{float(cfg.get('overhead_s', cost_lib.DEFAULT_OVERHEAD_S)):.0f} s per run; "
+              f"{overhead:.0f} s per run; "
               f"total {plan.total_h:.1f} core-hours, remaining {plan.remaining_h:.1f} "
               f"core-hours ({plan.remaining_h / 2:.1f} h wall on 2 cores)"]
     return lines
