@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from altgrad_jax.formats import get_format
-from altgrad_jax.quant import (PrecisionRules, QuantizedDotGeneral, amax_scale, format_fn,
+from altgrad_jax.quant import (PrecisionRules, QuantizedDotGeneral, tensor_scale, format_fn,
                                format_tree, path_to_str, quantize, quantize_amax)
 
 E4M3, E5M2, E3M4 = get_format("E4M3"), get_format("E5M2"), get_format("E3M4")
@@ -18,7 +18,7 @@ E4M3, E5M2, E3M4 = get_format("E4M3"), get_format("E5M2"), get_format("E3M4")
 def _np_quant_amax(a, fmt):
     """quantize with current scaling, evaluated op by op (independent of QuantizedDotGeneral)."""
     a = jnp.asarray(a, jnp.float32)
-    return np.asarray(quantize(a, fmt, amax_scale(a, fmt)))
+    return np.asarray(quantize(a, fmt, tensor_scale(a, fmt)))
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +153,18 @@ def test_format_tree_and_paths():
     paths = [path_to_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     assert sorted(paths) == ["block_0/attn/bias", "block_0/attn/kernel", "head/kernel"]
     assert path_to_str(("params", "a", "b")) == "a/b"
+
+
+@pytest.mark.standard_promotion
+def test_margin_applies_to_activations_not_to_the_kernel(data):
+    x = jnp.asarray(data) * 3.0
+    k = jnp.asarray(np.random.default_rng(2).standard_normal((16, 4)).astype(np.float32))
+    dims = (((1,), (0,)), ((), ()))
+    dg = QuantizedDotGeneral(weight=E4M3, activation=E4M3, margin=2)
+    out = jax.jit(lambda a, b: dg(a, b, dims))(x, k)
+    xq = quantize(x, E4M3, 4 * tensor_scale(x, E4M3))  # two binades of headroom
+    kq = quantize(k, E4M3, tensor_scale(k, E4M3))  # the weight recipe has no free margin
+    ref = jax.lax.dot_general(xq, kq, dims)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="whole number of binades"):
+        QuantizedDotGeneral(weight=E4M3, margin=0.5)

@@ -41,7 +41,10 @@ def _model(policy):
 
 
 def _rules(fmt):
-    return PrecisionRules.create([("head/", None)], default=fmt)
+    # the token table, one attention and one MLP kernel are quantized (compile time stays small);
+    # the other layers stay float32, as the head does in the study
+    return PrecisionRules.create([("head/", None), ("pos_embed", None),
+                                  ("attn/(key|value|out)", None), ("mlp/fc2", None)], default=fmt)
 
 
 def _batches(n):
