@@ -15,7 +15,7 @@ import pytest
 from altgrad_jax.analysis import matrix as matrix_lib
 from altgrad_jax.analysis import records as records_lib
 from altgrad_jax.analysis import study as study_lib
-from altgrad_jax.analysis import test_matrix as test_matrix_lib
+from altgrad_jax.analysis import matrix_doc as test_matrix_lib
 from altgrad_jax.analysis import tuning as tuning_lib
 from altgrad_jax.analysis.overrides import load_config_file
 

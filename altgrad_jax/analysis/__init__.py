@@ -11,8 +11,8 @@ Modules (nothing in ``altgrad_jax.train`` imports this package):
   study        a study opened from its config (`open_study`), plan.json, the dry-run table.
   plots        PNG plots from records.
   report       ``write_report(report_dir)``; ``python -m altgrad_jax.analysis.report --study=DIR``.
-  test_matrix  ``TEST_MATRIX.md`` from the registries;
-               ``python -m altgrad_jax.analysis.test_matrix --config=configs/study_cpu.py``.
+  matrix_doc   ``TEST_MATRIX.md`` from the registries;
+               ``python -m altgrad_jax.analysis.matrix_doc --config=configs/study_cpu.py``.
 
 Entry point for a study: ``python sweep.py --config=configs/study_cpu.py`` (see its docstring).
 The names below are imported on first use (plots/report pull in matplotlib and statsmodels).
@@ -32,7 +32,7 @@ _EXPORTS = {
     "mean_ci": "stats",
     "open_study": "study", "dry_run_lines": "study",
     "write_report": "report", "analyse_primary": "report",
-    "write_test_matrix": "test_matrix",
+    "write_test_matrix": "matrix_doc",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -8,7 +8,7 @@ file byte for byte.
 
 Command::
 
-    python -m altgrad_jax.analysis.test_matrix --config=configs/study_cpu.py --out=TEST_MATRIX.md
+    python -m altgrad_jax.analysis.matrix_doc --config=configs/study_cpu.py --out=TEST_MATRIX.md
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from altgrad_jax.analysis.matrix import ARMS
 from altgrad_jax.analysis.overrides import load_config_file
 from altgrad_jax.formats import format_names, get_format
 
-COMMAND = "python -m altgrad_jax.analysis.test_matrix --config={config} --out=TEST_MATRIX.md"
+COMMAND = "python -m altgrad_jax.analysis.matrix_doc --config={config} --out=TEST_MATRIX.md"
 
 
 def _table(header, rows) -> list[str]:
