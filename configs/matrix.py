@@ -3,7 +3,7 @@
 Command (every arm of the registry on the given formats; the study proper is
 configs/study_cpu.py):
   python sweep.py --config=configs/matrix.py --dry_run
-  python sweep.py --config=configs/matrix.py --config.stages='grid | E4M3,E5M2 | adamw,ulp_sr | 1,2'
+  python sweep.py --config=configs/matrix.py --config.stages='primary | E4M3,E5M2 | adamw_sr,ulp_sr | 1,2'
 Expected: records in reports/matrix/runs/<format>__<arm>__s<seed>.json, reports/matrix/REPORT.md;
 run folders in runs/matrix. Without a data directory every run falls back to the synthetic corpus
 and the report says so.
@@ -24,7 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.study = "matrix"  # report title
     c.base_config = "configs/default.py"  # run config every cell starts from
     c.overrides = ()  # "group.field=value" applied to every cell, e.g. ("train.num_steps=600",)
-    c.stages = (f"grid | {FORMATS} | {','.join(ARMS)} | 1,2,3",)  # "name | formats | arms | seeds"
+    c.stages = (f"primary | {FORMATS} | {','.join(ARMS)} | 1,2,3",)  # "name | formats | arms |
+    #            seeds"; the stage named "primary" is the one the pooled model analyses
     c.tuning_factors = ("1/3", "1", "3")  # used by stages named tune*
     c.tuning_metric = "eval_tuned/macro_f1"
     c.seed_fields = DEFAULT_SEED_FIELDS

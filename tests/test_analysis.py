@@ -260,7 +260,9 @@ def test_only_completed_runs_enter_the_tables(tmp_path):
 def test_report_from_records_alone(tmp_path):
     recs = _planted({"E5M2": 0.05, "E4M3": 0.01}, rng_seed=2)
     recs += [_rec("none", "adamw", s, 0.62) for s in (1, 2, 3)]
-    recs += [_rec("E1M6", "adamw_rtn", 1, 0.4), _rec("E0M7", "adamw_rtn", 1, 0.4)]
+    recs += [dict(_rec("E1M6", a, 1, 0.4), stage="e1m6") for a in ARMS]  # not primary
+    recs += [dict(_rec("BF16", a, s, 0.9 if a == "ulp_sr" else 0.3), stage="reference_bf16")
+             for a in ARMS for s in (1, 2, 3)]  # a huge "benefit" outside the primary stage
     recs += [dict(_rec("E3M4", "ulp_sr", 0, None, factor=f, extra={}), status="completed",
                   metrics={"eval_tuned/macro_f1": v}, applied={"field": matrix_lib.C,
                                                                 "value": float(eval(f))})
@@ -273,9 +275,11 @@ def test_report_from_records_alone(tmp_path):
     assert "closes G = " in first  # FP32 reference present: the gap closed is quoted
     mech = text[text.index("## Mechanism"):text.index("## The seeds")]
     assert "| E5M2 | ulp_sr |" in mech and mech.count("+0.0") >= 7  # the benefit beside it
-    assert "| E1M6 |" not in text.split("## Secondary")[0].split("## Primary")[1]  # not primary
+    primary = text.split("## Secondary")[0].split("## Primary")[1]
+    assert "| E1M6 |" not in primary and "| BF16 |" not in primary
     e1 = text[text.index("## E1M6"):text.index("## References")]
-    assert "| adamw_rtn | 1 | 0.4000 | 0.4000 | 0.000000 |" in e1
+    e0 = [r for r in recs if r["name"] == "E0M7__adamw_rtn__s1"][0]["metrics"][METRIC]
+    assert f"| adamw_rtn | 1 | 0.4000 | {e0:.4f} |" in e1
     tune = text[text.index("## Tuning"):text.index("## Caveats")]
     assert "| ulp_sr | E3M4 | 1/3 | optimizer.grid_step_multiplier | 0.33333 | 0.3000 |" in tune
     for caveat in ("exponent bias", "E1M6 = E0M7", "eps/S", "6 layers", "embedding"):

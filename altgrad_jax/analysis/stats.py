@@ -131,12 +131,15 @@ class PooledFit:
 
 
 def primary_frame(records: Iterable[dict], metric: str, arms: Sequence[str],
-                  exclude_seeds: Sequence[int] = (0,)) -> pd.DataFrame:
-    """Completed, non-tuning records of ``arms`` on 8-bit/BF16 formats as (format, arm, seed, y)."""
+                  exclude_seeds: Sequence[int] = (0,), stage: str | None = "primary"
+                  ) -> pd.DataFrame:
+    """(format, arm, seed, y) of the completed, non-tuning records of ``arms`` in ``stage`` (the
+    primary contrast; BF16 references and the E1M6 check live in other stages; None = any)."""
     rows = []
     for r in records:
         v = (r.get("metrics") or {}).get(metric)
         if (r.get("status") == "completed" and r.get("factor") is None and r["arm"] in arms
+                and (stage is None or r.get("stage") == stage)
                 and r["format"] != "none" and int(r["seed"]) not in exclude_seeds
                 and isinstance(v, (int, float)) and math.isfinite(v)):
             rows.append({"format": r["format"], "arm": r["arm"], "seed": int(r["seed"]),
