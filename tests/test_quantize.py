@@ -351,3 +351,19 @@ def test_scaled_quantize_divides_exactly_like_numpy(scale):
     ref_key = np.asarray(_key(x, get_format("float8_e4m3fn"), scale))
     same = ref[1:] == ref[:-1]
     np.testing.assert_array_equal(ref_key[1:] == ref_key[:-1], same)
+
+
+def test_hash_bits_are_uniform_distinct_and_key_dependent():
+    from altgrad_jax.quant.random import hash_bits, hash_uniform
+    n = 1 << 18
+    b = np.asarray(jax.jit(hash_bits, static_argnums=1)(jax.random.key(3), (n,)))
+    assert len(np.unique(b)) == n  # a bijection of the element index for a fixed key
+    counts = np.bincount(b >> 28, minlength=16)  # top 4 bits: 16 equally likely bins
+    chi2 = ((counts - n / 16) ** 2 / (n / 16)).sum()
+    assert chi2 < 40  # chi-square, 15 dof: P(chi2 > 40) < 1e-3
+    low = np.bincount(b & 15, minlength=16)  # and the low bits (used by narrow formats)
+    assert ((low - n / 16) ** 2 / (n / 16)).sum() < 40
+    other = np.asarray(hash_bits(jax.random.PRNGKey(4), (n,)))  # raw uint32 keys work too
+    assert np.mean(b == other) < 1e-3
+    u = np.asarray(hash_uniform(jax.random.key(5), (4, 1000)))
+    assert u.min() >= 0 and u.max() < 1 and abs(u.mean() - 0.5) < 0.01
