@@ -4,7 +4,7 @@ Flags:
   --config    an ml_collections config file (``configs/*.py``); override any field with
               ``--config.<group>.<field>=value`` (a misspelt field is an error naming it).
   --workdir   the run folder (default: runs/<config.name>). Re-running the same command on the same
-              folder resumes from its newest checkpoint (a completed run says so and writes nothing).
+              folder resumes from its newest checkpoint (a completed run says so, writes nothing).
   --verbosity absl's flag; given explicitly, library logs (orbax, absl, XLA) show on the terminal
               too (``log.verbose``). They always go to ``<workdir>/log.txt``.
 

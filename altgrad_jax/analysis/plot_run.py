@@ -10,6 +10,7 @@ writes ``<run_dir>/curves.png``; ``launch.py`` does the same at the end of every
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 
@@ -41,7 +42,8 @@ def read_curves(run_dir: str) -> dict[str, tuple[list[int], list[float]]]:
                 continue
             row = json.loads(line)
             for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)) and v == v and abs(v) != float("inf"):
+                finite = isinstance(v, (int, float)) and math.isfinite(v)
+                if k != "step" and finite:
                     steps, values = curves.setdefault(k, ([], []))
                     steps.append(int(row["step"]))
                     values.append(float(v))

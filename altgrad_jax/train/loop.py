@@ -319,7 +319,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
 
     Raises:
       TrainingDiverged: after ``train.nan_patience`` consecutive non-finite steps (the failure
-        report, an anomaly checkpoint and results.json with ``status="diverged"`` are written first).
+        report, an anomaly checkpoint and results.json with ``status="diverged"`` are written
+        first).
       ValueError / FileNotFoundError: for bad config values or missing data, with the fix named.
     """
     workdir = os.path.abspath(workdir or default_workdir(config))
