@@ -183,3 +183,26 @@ def test_calibration_table_against_numpy(c):
     legacy = make_optimizer(_cfg(name="manifold_adamw", precondition="update",
                                  lr_units="grid_steps"), _FORMATS)[0]
     assert calibration_table(legacy.init(params))["dense/kernel"]["grid_steps_per_lr"] == 1.0
+
+
+def test_intended_update_twin_shares_state_and_skips_only_the_snap():
+    """snap=False: the same state structure; its update is the unsnapped AdamW update (optax)."""
+    from altgrad_jax import quant
+
+    c = ml_collections.ConfigDict(dict(name="adamw", learning_rate=1e-3, weight_decay=0.0,
+                                       weights_on_grid=True, rounding="nearest"))
+    p = {"w": quant.store_on_grid(jax.random.normal(jax.random.key(0), (32, 16)) * 0.05,
+                                  "E5M2")}
+    g = {"w": jax.random.normal(jax.random.key(1), (32, 16))}
+    tx, _ = make_optimizer(c, "E5M2")
+    twin, _ = make_optimizer(c, "E5M2", snap=False)
+    state = tx.init(p)
+    assert jax.tree.structure(state) == jax.tree.structure(twin.init(p))
+    intended, _ = twin.update(g, state, p)
+    ref, _ = optax.adamw(1e-3, weight_decay=0.0).update(g, optax.adamw(1e-3).init(p), p)
+    np.testing.assert_array_equal(np.asarray(intended["w"]), np.asarray(ref["w"]))
+    snapped, _ = tx.update(g, state, p)
+    new = np.asarray(optax.apply_updates(p, snapped)["w"])
+    # The snapped step lands on the grid; most of the intended 1e-3 moves are rounded away.
+    assert np.array_equal(new, np.asarray(quant.store_on_grid(new, "E5M2")))
+    assert (new == np.asarray(p["w"])).mean() > 0.5

@@ -192,7 +192,7 @@ def _looks_like_params(tree: Any) -> bool:
     return bool(leaves) and all(hasattr(x, "shape") and hasattr(x, "dtype") for x in leaves)
 
 
-def make_optimizer(config: Any, params_or_formats: Any = None
+def make_optimizer(config: Any, params_or_formats: Any = None, *, snap: bool = True
                    ) -> tuple[optax.GradientTransformation, Callable[[Any], Any]]:
     """Builds the optimizer named by ``config`` and its learning-rate schedule.
 
@@ -268,6 +268,11 @@ def make_optimizer(config: Any, params_or_formats: Any = None
       params_or_formats: the per-leaf formats (pytree of FloatFormat/name/None, callable
         ``path -> format``, `PrecisionRules`, one format) or None; a params pytree (array leaves)
         is accepted and means "no formats" (float32 everywhere).
+      snap: with ``weights_on_grid``, ``False`` builds the *intended-update twin*: the same chain
+        and the same state structure, with the snap link passing its input through. Applied to the
+        same state it returns the update the optimizer wanted before rounding onto the grid, which
+        is what the stall ratio and the below-half-step fraction of regime (b) must count (after
+        the snap, an update rounded away is a zero update, not a stall). Never train with it.
 
     Returns:
       ``(tx, schedule)``: the `optax.GradientTransformation` and the learning-rate schedule.
@@ -304,17 +309,26 @@ def make_optimizer(config: Any, params_or_formats: Any = None
     else:
         tx = factory(**kwargs)
     links = [optax.clip_by_global_norm(clip)] if clip > 0 else []
-    if name == "grid":  # carries its own diagnostics; its weights are on the grid already
+    if name == "grid":  # its weights are on the grid already (rungs, not a snap link)
         return (optax.chain(*links, tx) if links else tx), schedule
     links.append(tx)
     if on_grid:
-        links.append(snap_to_grid(formats, rounding=_get(config, "rounding"),
-                                  seed=_get(config, "seed")))
+        snap_link = snap_to_grid(formats, rounding=_get(config, "rounding"),
+                                 seed=_get(config, "seed"))
+        links.append(snap_link if snap else _intended_update(snap_link))
     tx = links[0] if len(links) == 1 else optax.chain(*links)
     if _get(config, "diagnostics"):
         tx = with_grid_diagnostics(tx, formats,
                                    track_bit_position=_get(config, "track_bit_position"))
     return tx, schedule
+
+
+def _intended_update(snap_link: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``snap_link``'s state, but the update passes through unsnapped (see ``snap=False``)."""
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return updates, state
+    return optax.GradientTransformationExtraArgs(snap_link.init, update_fn)
 
 
 def _get_name(config: Any) -> str:
