@@ -64,19 +64,22 @@ def build_model(config: ml_collections.ConfigDict, *, vocab_size: int, num_label
                              dropout=m.dropout, pooling=m.pooling, policy=policy)
 
 
-def build_optimizer(config: ml_collections.ConfigDict, format_fn, num_steps: int):
+def build_optimizer(config: ml_collections.ConfigDict, format_fn, num_steps: int, *,
+                    snap: bool = True):
     """``(tx, lr_schedule)`` from ``config.optimizer`` (+ ``config.stability.partition_clip``).
 
     ``optimizer.total_steps=0`` means ``num_steps`` and ``optimizer.warmup_steps=0`` means
     ``warmup_frac * total_steps``. The format-relative clip link, when on, runs first. Every
     optimizer field is passed to `altgrad_jax.optim.make_optimizer` (its docstring lists the
     fields and the arms); ``format_fn`` (``path -> format``) gives the per-leaf formats.
+    ``snap=False`` builds the intended-update twin of a regime-(b) optimizer (same state, no snap:
+    see `make_optimizer`), which the diagnostics step uses to count stalls.
     """
     ocfg = ml_collections.ConfigDict(config.optimizer.to_dict())
     ocfg.total_steps = int(ocfg.total_steps) or int(num_steps)
     if not int(ocfg.warmup_steps):
         ocfg.warmup_steps = None
-    tx, schedule = make_optimizer(ocfg, format_fn)
+    tx, schedule = make_optimizer(ocfg, format_fn, snap=snap)
     if config.stability.partition_clip:
         clip = diag_lib.partition_relative_clip(
             format_fn, base_clip=float(config.stability.partition_clip_base),

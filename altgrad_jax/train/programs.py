@@ -59,8 +59,13 @@ def build_programs(config, policy, bundle, options: StepOptions, timer=None) -> 
     tx, lr_schedule = build_optimizer(config, policy.weights.lookup, int(config.train.num_steps))
     common = dict(model=model, tx=tx, lr_schedule=lr_schedule, options=options)
     train_step = make_train_step(**common)
+    intended_tx = None  # regime (b): stalls are counted on the update before the snap
+    if bool(config.optimizer.weights_on_grid) and str(config.optimizer.name) != "grid":
+        intended_tx, _ = build_optimizer(config, policy.weights.lookup,
+                                         int(config.train.num_steps), snap=False)
     diag_step = make_diag_step(**common, format_fn=policy.weights.lookup,
-                               grad_format=format_or_none(config.quant.gradients))
+                               grad_format=format_or_none(config.quant.gradients),
+                               intended_tx=intended_tx)
     fp32_model = build_model(config, policy=QuantPolicy(), **kw)
     return Programs(model=model, tx=tx, train_step=TimedProgram(train_step, timer),
                     diag_step=TimedProgram(diag_step, timer),

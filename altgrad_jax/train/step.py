@@ -147,11 +147,12 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
     return u.state, _as_float32(u.metrics)
 
 
-def _step_diagnostics(old_params, u: _Update, format_fn, grad_format, options: StepOptions):
+def _step_diagnostics(old_params, u: _Update, intended, format_fn, grad_format,
+                      options: StepOptions):
     out = {}
     if options.flips:
-        out.update(diag_lib.flip_stats(old_params, u.state.params, u.updates, format_fn))
-        out.update(diag_lib.below_half_step_fraction(old_params, u.updates, format_fn))
+        out.update(diag_lib.flip_stats(old_params, u.state.params, intended, format_fn))
+        out.update(diag_lib.below_half_step_fraction(old_params, intended, format_fn))
     if options.grad_stats:
         out.update(diag_lib.gradient_stats(u.grads, dead_threshold=options.dead_threshold))
     if options.quant_health:
@@ -164,14 +165,24 @@ def diag_step(state: TrainState, batch: dict, *, model: nn.Module,
               tx: optax.GradientTransformation,
               lr_schedule: Callable[[jax.Array], jax.Array] | None,
               format_fn: Callable[[str], Any], grad_format: Any,
-              options: StepOptions) -> tuple[TrainState, dict]:
+              options: StepOptions,
+              intended_tx: optax.GradientTransformation | None = None
+              ) -> tuple[TrainState, dict]:
     """`train_step` plus the diagnostics of this step and the sampled windows (module docstring).
 
-    Flips are counted between the params before and after the step with the optimizer's updates
-    as the "updated" coordinates (`altgrad_jax.diagnostics.flip_stats`).
+    Flips are counted between the params before and after the step; the "updated" coordinates
+    (`altgrad_jax.diagnostics.flip_stats`) are those whose *intended* update is non-zero. With
+    weights stored on the grid (regime (b)) the applied update is the snapped one, in which an
+    update rounded away is zero, so ``intended_tx`` (the optimizer without its snap link, same
+    state: ``make_optimizer(..., snap=False)``) supplies the update before rounding; without it
+    the applied update is used (regime (a), and the grid optimizer, which has no snap link).
     """
     u = _update(state, batch, model=model, tx=tx, lr_schedule=lr_schedule, options=options)
-    metrics = {**u.metrics, **_step_diagnostics(state.params, u, format_fn, grad_format, options)}
+    intended = u.updates
+    if intended_tx is not None:
+        intended, _ = intended_tx.update(u.grads, state.opt_state, state.params)
+    metrics = {**u.metrics,
+               **_step_diagnostics(state.params, u, intended, format_fn, grad_format, options)}
     diag = dict(state.diag)
     if options.flips:
         diag["stall"] = diag_lib.update_stall_window(diag["stall"], metrics["diag/flips"],
