@@ -39,6 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.cache_dir = ""  # tokenizer + encoded-splits cache; "" = $ALTGRAD_CACHE_DIR or
     #                        ~/.cache/altgrad_jax (locked and atomic: safe for parallel runs)
     c.data.cache_encoded = True  # cache the tokenized, padded splits (.npz): a sweep builds once
+    c.data.tokenizer_file = ""  # saved tokenizer JSON to load instead of training ("" = train;
+    #                             relative to the cwd). WordPiece training differs per process:
+    #                             studies compared across machines pin one (sha256 in data_info)
     c.data.synthetic_num_train = 4000  # synthetic corpus sizes (source="synthetic" / fallback)
     c.data.synthetic_num_validation = 500
     c.data.synthetic_num_test = 500

@@ -14,6 +14,10 @@ Config fields (``config.data.<field>``; `DataConfig` holds the defaults):
 * ``max_validation_docs``: random validation subset size (seeded); 0 = all.
 * ``max_test_docs``: random test subset size (seeded); 0 = all.
 * ``seed``: seed for subsets, the validation carve and the synthetic corpus.
+* ``tokenizer_file``: a saved tokenizer JSON to load instead of training one (``""`` = train, or
+  reuse the cached one); relative paths resolve against the current directory. WordPiece training
+  is not reproducible across processes, so runs compared across machines pin a file. Either way
+  ``data_info.json["tokenizer_sha256"]`` identifies the tokenizer used.
 * ``cache_dir``: cache root (tokenizers, encoded splits, hub downloads); ``""`` =
   ``$ALTGRAD_CACHE_DIR`` or ``~/.cache/altgrad_jax``. Safe for runs started in parallel.
 * ``cache_encoded``: cache the encoded (tokenized, padded, multi-hot) splits as ``.npz`` under
@@ -39,7 +43,6 @@ run or an evaluation sees the same label columns and token ids.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import pathlib
@@ -57,7 +60,8 @@ from altgrad_jax.data.hub import DEFAULT_HUB_NAME
 from altgrad_jax.data.labels import LabelVocab, build_label_vocab, get_label_set
 from altgrad_jax.data.paths import SPLITS, default_cache_dir
 from altgrad_jax.data.records import SourceDesc, SplitRecords, SyntheticDataWarning, locate_source
-from altgrad_jax.data.tokenizer import PAD_ID, encode_texts, get_or_train_tokenizer
+from altgrad_jax.data.tokenizer import (PAD_ID, encode_texts, get_or_train_tokenizer,
+                                       load_tokenizer_file, tokenizer_sha256)
 
 __all__ = ["SOURCES", "DataConfig", "DataBundle", "SyntheticDataWarning", "build_data"]
 
@@ -84,6 +88,7 @@ class DataConfig:
     max_test_docs: int = 0
     seed: int = 0
     cache_dir: str = ""
+    tokenizer_file: str = ""
     cache_encoded: bool = True
     text_field: str = "text"
     label_field: str = ""
@@ -185,7 +190,7 @@ def _encoded_key(dc: DataConfig, desc: SourceDesc, tokenizer: Tokenizer, label_f
     """Everything that determines the encoded splits (their cache key)."""
     return {
         "version": ENCODED_VERSION, "identity": desc.identity, "carve": desc.carve,
-        "tokenizer": hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest(),
+        "tokenizer": tokenizer_sha256(tokenizer),
         "max_length": dc.max_length, "label_set": dc.label_set, "label_field": label_field,
         "text_field": dc.text_field if desc.source != "synthetic" else "text",
         "subsets": [dc.max_train_docs, dc.max_validation_docs, dc.max_test_docs, dc.seed],
@@ -237,6 +242,22 @@ def _run_vocab(workdir: pathlib.Path | None, label_set: str) -> LabelVocab | Non
     return saved
 
 
+def _get_tokenizer(dc: DataConfig, desc: SourceDesc, records: SplitRecords, text_field: str,
+                   workdir: pathlib.Path | None) -> tuple[Tokenizer, dict[str, Any]]:
+    """The pinned ``data.tokenizer_file`` if set, else the run's / cached / trained tokenizer."""
+    run_path = workdir / TOKENIZER_FILE if workdir is not None else None
+    if dc.tokenizer_file:
+        tok, info = load_tokenizer_file(dc.tokenizer_file, run_path=run_path)
+        if tok.get_vocab_size() != dc.vocab_size:
+            logging.info("data.tokenizer_file has %d tokens (data.vocab_size=%d is unused).",
+                         tok.get_vocab_size(), dc.vocab_size)
+        return tok, info
+    return get_or_train_tokenizer(
+        lambda: [r[text_field] for r in records.get()["train"]], vocab_size=dc.vocab_size,
+        lowercase=dc.lowercase, cache_key=_tokenizer_key(dc, desc),
+        cache_dir=default_cache_dir(dc.cache_dir) / "tokenizers", run_path=run_path)
+
+
 def _cached_encode(dc: DataConfig, key: dict[str, Any], build) -> tuple[dict, dict, str]:
     """``build()``'s (arrays, meta) through the encoded-splits cache; also says hit/built/off."""
     if not dc.cache_encoded:
@@ -284,11 +305,7 @@ def build_data(cfg: Any, workdir: str | os.PathLike | None = None) -> DataBundle
     run_vocab = _run_vocab(workdir_path, dc.label_set)
 
     t1 = time.perf_counter()
-    tokenizer, tok_info = get_or_train_tokenizer(
-        lambda: [r[text_field] for r in records.get()["train"]], vocab_size=dc.vocab_size,
-        lowercase=dc.lowercase, cache_key=_tokenizer_key(dc, desc),
-        cache_dir=default_cache_dir(dc.cache_dir) / "tokenizers",
-        run_path=workdir_path / TOKENIZER_FILE if workdir_path is not None else None)
+    tokenizer, tok_info = _get_tokenizer(dc, desc, records, text_field, workdir_path)
     t_tok = time.perf_counter() - t1
 
     t2, read_before = time.perf_counter(), records.loaded
@@ -321,6 +338,7 @@ def build_data(cfg: Any, workdir: str | os.PathLike | None = None) -> DataBundle
         "vocab_size": tokenizer.get_vocab_size(),
         "lowercase": dc.lowercase,
         "tokenizer": tok_info,
+        "tokenizer_sha256": tokenizer_sha256(tokenizer),
         "encoded_cache": cache_state,
         "oov": meta["oov"],
         "mean_labels_per_doc": {s: stats[s][1] for s in SPLITS},

@@ -66,8 +66,10 @@ def _warn_synthetic(reason: str) -> None:
     banner = "!" * 78
     msg = (f"USING SYNTHETIC DATA ({reason}). Results are NOT about EURLEX57K. Provide real data "
            "with ALTGRAD_DATA_DIR, --config.data.data_dir or python -m altgrad_jax.data.prepare.")
-    logging.warning("\n%s\n%s\n%s", banner, msg, banner)
-    warnings.warn(msg, SyntheticDataWarning, stacklevel=5)
+    # Printed once: the Python warning reaches the terminal (and ``pytest.warns``); the log file
+    # gets the banner at INFO, which the terminal (WARNING+) does not show a second time.
+    logging.info("\n%s\n%s\n%s", banner, msg, banner)
+    warnings.warn(f"\n{banner}\n{msg}\n{banner}", SyntheticDataWarning, stacklevel=5)
 
 
 def _file_identity(path) -> dict[str, Any]:

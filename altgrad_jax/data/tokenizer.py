@@ -5,6 +5,12 @@ The tokenizer is a BERT-style WordPiece trained with the Hugging Face ``tokenize
 special tokens ``[PAD]=0``, ``[UNK]=1``, ``[CLS]=2``, ``[SEP]=3``. Documents are encoded as
 ``[CLS] + tokens``, truncated to ``max_length`` and right-padded with ``[PAD]`` (id 0), so the
 attention mask is ``input_ids != PAD_ID``.
+
+WordPiece training is NOT reproducible across processes: ``tokenizers`` breaks ties between
+equally frequent merges in Rust ``HashMap`` order, so the same texts give another vocabulary (and
+other ids) in each new process. The cache makes the runs of one machine share one tokenizer; runs
+that must be comparable across machines pin a saved file (`load_tokenizer_file`,
+``data.tokenizer_file``). `tokenizer_sha256` identifies the tokenizer a run used.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ __all__ = [
     "save_tokenizer",
     "fingerprint",
     "get_or_train_tokenizer",
+    "load_tokenizer_file",
+    "tokenizer_sha256",
     "encode_texts",
 ]
 
@@ -126,6 +134,60 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
                         f"{tok.token_to_id('[PAD]')}, {tok.token_to_id('[CLS]')}). Fix: delete "
                         "it so it is retrained.")
     return tok
+
+
+def tokenizer_sha256(tok: Tokenizer) -> str:
+    """SHA-256 (hex) of the tokenizer's canonical JSON (``Tokenizer.to_str()``).
+
+    Stable across a save/load round trip, so a pinned file and the run folder's copy of it give
+    the same digest (the file's own bytes may differ: ``save`` pretty-prints).
+    """
+    return hashlib.sha256(tok.to_str().encode("utf-8")).hexdigest()
+
+
+def load_tokenizer_file(
+    path: str | os.PathLike, *, run_path: str | os.PathLike | None = None
+) -> tuple[Tokenizer, dict[str, Any]]:
+    """Loads a pinned tokenizer (``data.tokenizer_file``) instead of training one.
+
+    A relative ``path`` resolves against the current directory. The tokenizer is copied to
+    ``run_path`` (the run folder's ``tokenizer.json``); a run folder that already holds another
+    tokenizer (a resume with a changed pin) is an error, so a run never mixes two id maps.
+
+    Args:
+        path: a tokenizer JSON written by `save_tokenizer` (or ``Tokenizer.save``).
+        run_path: the run folder's ``tokenizer.json``; None for no run folder.
+
+    Returns:
+        ``(tokenizer, info)``; info has ``origin="file"``, ``file`` (the resolved path),
+        ``file_sha256`` (of the file's bytes), ``vocab_size`` and ``seconds``.
+
+    Raises:
+        ValueError: the file is missing, unreadable, not a tokenizer with ``[PAD]=0``/``[CLS]=2``,
+            or differs from the run folder's tokenizer.
+    """
+    start = time.perf_counter()
+    resolved = pathlib.Path(path).expanduser().absolute()
+    try:
+        blob = resolved.read_bytes()
+        tok = load_tokenizer(resolved)
+    except (OSError, DataError) as e:
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"data.tokenizer_file={os.fspath(path)!r} cannot be used ({why}). Fix: "
+                         "give the path of a saved tokenizer JSON (relative to the current "
+                         "directory) or set data.tokenizer_file='' to train one.") from None
+    if run_path is not None and pathlib.Path(run_path).is_file():
+        if tokenizer_sha256(load_tokenizer(run_path)) != tokenizer_sha256(tok):
+            raise ValueError(f"data.tokenizer_file={os.fspath(path)!r} differs from the run "
+                             f"folder's {os.fspath(run_path)!r}. Fix: use a new workdir, or pin "
+                             "the tokenizer the run started with.")
+    elif run_path is not None:
+        save_tokenizer(tok, run_path)
+    seconds = time.perf_counter() - start
+    logging.info("Tokenizer loaded from %s (vocab %d).", resolved, tok.get_vocab_size())
+    return tok, {"origin": "file", "file": str(resolved),
+                 "file_sha256": hashlib.sha256(blob).hexdigest(),
+                 "vocab_size": tok.get_vocab_size(), "seconds": round(seconds, 3)}
 
 
 def fingerprint(key: Mapping[str, Any]) -> str:
