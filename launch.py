@@ -25,6 +25,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (default: runs/<conf
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from altgrad_jax import parallel
+
+    try:  # multi-host (ALTGRAD_COORDINATOR/...): before anything touches a JAX device
+        parallel.initialize_from_env()
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     from altgrad_jax.analysis.plot_run import plot_run
     from altgrad_jax.train.loop import TrainingDiverged, train_and_evaluate
 
@@ -37,6 +43,8 @@ def main(argv):
         sys.exit(f"training diverged: {e}")
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    if not parallel.is_main_process():
+        return  # process 0 draws the curves and prints the result
     workdir = results["workdir"]
     png = plot_run(workdir)
     test = results.get("test", {})

@@ -72,6 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
     #                               format name for the input of every quantized layer
     c.quant.gradients = "none"  # format of layer output gradients in backward ("E5M2"), or "none"
     c.quant.margin = 0.0  # per-tensor scaling headroom in binades
+    c.quant.native_fp8 = False  # E4M3/E5M2 layers feed 8-bit operands to XLA's dot (FP8 GEMM on
+    #                             Hopper/Ada; = the simulated path up to summation order)
 
     # ------------------------------------------------------------------------------- optimizer
     c.optimizer = ml_collections.ConfigDict()

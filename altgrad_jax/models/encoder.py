@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from altgrad_jax.formats import FloatFormat, get_format
-from altgrad_jax.quant import PrecisionRules, QuantizedDotGeneral, quantize_amax
+from altgrad_jax.quant import (NativeFP8DotGeneral, PrecisionRules, QuantizedDotGeneral,
+                              is_native, quantize_amax)
 from altgrad_jax.quant.scaling import _check_binades
 
 POOLING_MODES = ("mean", "cls")
@@ -47,12 +48,17 @@ class QuantPolicy:
       margin: extra headroom, in whole binades, of the activation and gradient scales. Weights
         have no free margin: they always use `altgrad_jax.quant.tensor_scale`, whose headroom
         (the largest magnitude strictly below ``fmt.max * s``) is what grid storage needs.
+      native_fp8: a layer whose weight and input formats are E4M3 / E5M2 (and whose gradient
+        format is E4M3 / E5M2 or None) uses `altgrad_jax.quant.NativeFP8DotGeneral` (8-bit
+        operands fed to XLA's dot: an FP8 GEMM on Hopper / Ada), numerically equal to the
+        simulated path up to the float32 summation order; every other layer stays simulated.
     """
 
     weights: PrecisionRules = PrecisionRules()
     activations: str | FloatFormat | None = None
     gradients: str | FloatFormat | None = None
     margin: int = 0
+    native_fp8: bool = False
 
     def __post_init__(self):
         try:
@@ -72,6 +78,10 @@ class QuantPolicy:
         if w is None:  # an unquantized layer stays fully float32 (e.g. the classifier head)
             return jax.lax.dot_general
         act = w if self.activations == "same" else self.activations
+        if self.native_fp8 and is_native(w) and is_native(act) and (
+                self.gradients is None or is_native(self.gradients)):
+            return NativeFP8DotGeneral(weight=w, activation=act, gradient=self.gradients,
+                                       margin=self.margin)
         dg = QuantizedDotGeneral(weight=w, activation=act, gradient=self.gradients,
                                  margin=self.margin)
         return dg

@@ -2,6 +2,7 @@
 
 from altgrad_jax.quant.dot_general import QuantizedDotGeneral, quantize_amax
 from altgrad_jax.quant.grid_index import index_value, max_index, rung_index
+from altgrad_jax.quant.native import NativeFP8DotGeneral, is_native, native_dtype
 from altgrad_jax.quant.quantize import (IMPLEMENTATIONS, ROUNDING_MODES, STE_MODES, grid_key,
                                         quantize)
 from altgrad_jax.quant.rules import (PrecisionRules, format_fn, format_or_none, format_tree,
@@ -18,5 +19,6 @@ __all__ = [
     "quantize", "grid_key", "ROUNDING_MODES", "STE_MODES", "IMPLEMENTATIONS", "ulp", "exp2_int",
     "rung_index", "index_value", "max_index", "tensor_scale", "median_spacing", "store_on_grid", "is_on_grid", "is_scale_free", "scale_exponent", "amax_scale", "abs_max", "scale_from_amax", "DelayedScalingState", "init_delayed_scaling",
     "delayed_scale", "update_delayed_scaling", "quantization_stats", "QuantizedDotGeneral",
-    "quantize_amax", "PrecisionRules", "format_fn", "format_or_none", "format_tree", "path_to_str",
+    "quantize_amax", "NativeFP8DotGeneral", "is_native", "native_dtype",
+    "PrecisionRules", "format_fn", "format_or_none", "format_tree", "path_to_str",
 ]

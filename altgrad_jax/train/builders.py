@@ -51,7 +51,8 @@ def build_policy(qcfg: ml_collections.ConfigDict) -> QuantPolicy:
     rules = [(EMBEDDING_PATTERN, embedding_format(qcfg))] + [tuple(r) for r in qcfg.rules]
     rules = PrecisionRules.create(rules, default=format_or_none(qcfg.weight_format))
     return QuantPolicy(weights=rules, activations=_activations(qcfg.activations),
-                       gradients=format_or_none(qcfg.gradients), margin=float(qcfg.margin))
+                       gradients=format_or_none(qcfg.gradients), margin=float(qcfg.margin),
+                       native_fp8=bool(qcfg.get("native_fp8", False)))
 
 
 def build_model(config: ml_collections.ConfigDict, *, vocab_size: int, num_labels: int,

@@ -25,6 +25,12 @@ Run folder layout (``workdir``)::
     failure_report.md      only when the run stopped on non-finite steps
     events.jsonl           interventions (format fallbacks, rank warnings), one JSON per line
 
+Devices: the run lives on ``parallel.make_mesh(config.mesh)`` (one ``data`` axis; one device = a
+1-device mesh, the same code path): the state placed replicated or FSDP-split (``mesh.fsdp``), each
+training batch split over ``data`` (on several processes each feeds its own rows), checkpoints
+saved by every process (Orbax coordinates) and restored into the current mesh's shardings; only
+process 0 writes metrics.jsonl, W&B, the console, events and results.json.
+
 Re-running the same command on the same folder resumes from the newest readable checkpoint and
 continues exactly (same data order, same dropout keys, same format fallbacks, same metrics as an
 uninterrupted run); on a completed run it says so and writes nothing.
@@ -46,10 +52,11 @@ import numpy as np
 from altgrad_jax import data as data_lib
 from altgrad_jax import diagnostics as diag_lib
 from altgrad_jax import io as io_lib
+from altgrad_jax import parallel
 from altgrad_jax.train import periodic
 from altgrad_jax.train.builders import build_model, build_optimizer, build_policy
 from altgrad_jax.train.periodic import TrainingDiverged
-from altgrad_jax.train.programs import Programs, build_programs
+from altgrad_jax.train.programs import Placement, Programs, build_programs
 from altgrad_jax.train.results import (check_config_unchanged, completed_results, evaluate,
                                        final_results, write_json)
 from altgrad_jax.train.state import TrainState
@@ -80,6 +87,7 @@ class Run:
     console: io_lib.Console
     wall_start: float
     undo_logs: Any
+    placement: Any = None
     writers: Any = None
     bar: Any = None
     timer: Any = None
@@ -112,6 +120,8 @@ class Run:
                         int(self.config.train.eval_batch_size), prefix, threshold)
 
     def append_event(self, event: dict) -> None:
+        if not parallel.is_main_process():
+            return
         with open(os.path.join(self.workdir, "events.jsonl"), "a") as f:
             f.write(json.dumps(io_lib.to_json_compatible(event)) + "\n")
 
@@ -119,14 +129,15 @@ class Run:
         """Switch format: new rules, programs, optimizer state, windows and streak."""
         self.policy = _policy_after(self.policy, [event])
         self.programs = build_programs(self.config, self.policy, self.bundle, self.options,
-                                       self.timer)
-        self.state = self.state.replace(
+                                       self.timer, placement=self.placement)
+        self.state = self.placement.place(self.state.replace(
             opt_state=self.programs.tx.init(self.state.params),
             diag=init_diag_state(self.options, int(self.config.diag.stall_window)),
-            nonfinite_streak=jnp.zeros((), jnp.int32))
+            nonfinite_streak=jnp.zeros((), jnp.int32)))
         record = {"type": "format_fallback", **event.to_dict()}
         self.append_event(record)
-        write_json(os.path.join(self.workdir, "fallback.json"), self.fallback.state_dict())
+        if parallel.is_main_process():
+            write_json(os.path.join(self.workdir, "fallback.json"), self.fallback.state_dict())
         self.writers.write(step, {"stability/fallback_events": float(len(self.fallback.events))})
         self.console.line(f"format fallback at step {step}",
                           formats=f"{event.from_format} -> {event.to_format or 'float32'}",
@@ -166,11 +177,45 @@ def _make_fallback(config, policy, workdir: str, latest_step: int | None):
     return fallback, policy
 
 
+class _Silent:
+    """Console, writers and progress bar of a process other than 0: they write nothing."""
+
+    bar = None
+
+    def line(self, *args, **kwargs) -> None:
+        pass
+
+    def write(self, step, metrics) -> None:
+        pass
+
+    def update(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _placement(config) -> Placement:
+    """The mesh of ``config.mesh``; the batch must split over it (one-line errors otherwise)."""
+    m = config.mesh
+    if int(m.get("vmap_seeds", 1)) != 1:
+        raise ValueError("mesh.vmap_seeds > 1 is available as parallel.make_multi_seed_step, "
+                         "not yet in train_and_evaluate; set mesh.vmap_seeds=1")
+    mesh = parallel.make_mesh(m)
+    n, b = int(mesh.devices.size), int(config.train.batch_size)
+    if b % n:
+        raise ValueError(f"train.batch_size={b} does not split over the {n} devices of the data "
+                         f"axis; choose a multiple of {n} or set mesh.data")
+    return Placement(mesh, fsdp=bool(m.fsdp), fsdp_min_size=int(m.fsdp_min_size))
+
+
 def _setup(config, workdir: str) -> Run:
     """Run folder, log routing, data, programs and a fresh state (phase 1)."""
     os.makedirs(workdir, exist_ok=True)
+    placement = _placement(config)
+    main = parallel.is_main_process()
     undo_logs = io_lib.route_library_logs(workdir, verbose=bool(config.log.verbose))
-    console = io_lib.Console()
+    console = io_lib.Console() if main else _Silent()
     config_dict = config.to_dict()
     ckpt = io_lib.Checkpointer(workdir, max_to_keep=int(config.train.keep_checkpoints),
                                best_metric="eval/micro_f1")
@@ -178,7 +223,8 @@ def _setup(config, workdir: str) -> Run:
     config_path = os.path.join(workdir, "config.json")
     if latest is not None and os.path.exists(config_path):
         check_config_unchanged(config_path, config_dict)
-    write_json(config_path, config_dict)
+    if main:
+        write_json(config_path, config_dict)
     console.line(f"run {config.name} in {workdir}")
     console.line(io_lib.short_config_line(config_dict))
     if int(config.train.num_steps) < 1:
@@ -188,19 +234,20 @@ def _setup(config, workdir: str) -> Run:
     options = _step_options(config)
     fallback, policy = _make_fallback(config, build_policy(config.quant), workdir, latest)
     timer = periodic.PerfTimer(int(config.train.batch_size))
-    programs = build_programs(config, policy, bundle, options, timer)
+    programs = build_programs(config, policy, bundle, options, timer, placement=placement)
     init_key, dropout_key = jax.random.split(jax.random.key(int(config.train.seed)))
     dummy = jnp.zeros((1, config.data.max_length), jnp.int32)
     params = jax.jit(lambda k: programs.model.init(k, dummy)["params"])(init_key)
     state = TrainState.create(params=params, opt_state=programs.tx.init(params),
                               rng_key=dropout_key,
                               diag=init_diag_state(options, int(config.diag.stall_window)))
+    state = placement.place(state)
     train_iter = data_lib.BatchIterator(bundle.train, int(config.train.batch_size),
                                         seed=int(config.data.seed))
     run = Run(config=config, workdir=workdir, bundle=bundle, options=options, policy=policy,
               programs=programs, state=state, train_iter=train_iter, ckpt=ckpt,
               fallback=fallback, console=console, wall_start=time.time(), undo_logs=undo_logs,
-              timer=timer)
+              timer=timer, placement=placement)
     run.num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     return run
 
@@ -208,7 +255,7 @@ def _setup(config, workdir: str) -> Run:
 def _restore(run: Run) -> None:
     """Newest readable checkpoint -> state, data order, timers, detectors, fallback (phase 2)."""
     cfg = run.config
-    restored = run.ckpt.restore_latest(run.state)
+    restored = run.ckpt.restore_latest(run.placement.abstract(run.state))
     extra: dict = {}
     if restored is not None:
         _, run.state, extra = restored
@@ -236,6 +283,9 @@ def _restore(run: Run) -> None:
                    periodic.EvalAction(int(t.eval_every), n),
                    periodic.CheckpointAction(int(t.checkpoint_every), n),
                    periodic.StopAction(int(t.max_steps_this_run), n)]
+    if not parallel.is_main_process():
+        run.writers = run.bar = _Silent()
+        return
     run.writers = io_lib.make_writers(
         run.workdir, wandb_mode=cfg.log.wandb_mode, wandb_project=cfg.log.wandb_project,
         run_name=cfg.name, config=cfg.to_dict(),
@@ -260,8 +310,8 @@ def _one_step(run: Run) -> dict:
     """Takes one step (the diagnostics step when due), timed as training time."""
     t0 = time.perf_counter()
     compile_before = run.timer.compile_s
-    np_batch = next(run.train_iter)
-    run.batch = {k: jnp.asarray(v) for k, v in np_batch.items()}
+    np_batch = next(run.train_iter)  # the global batch (same order on every process)
+    run.batch = parallel.shard_batch(parallel.process_local(np_batch), run.placement.mesh)
     diag_due = run.actions_by_type(periodic.DiagAction).is_diag_step(run.step)
     program = run.programs.diag_step if diag_due else run.programs.train_step
     run.state, metrics = program(run.state, run.batch)
@@ -291,13 +341,15 @@ def _close(run: Run) -> None:
 
 def _finish_diverged(run: Run, error: Exception) -> None:
     cfg = run.config
+    run.ckpt.save(run.step, run.state, extra=run.extra(), force=True)
+    if not parallel.is_main_process():
+        return
     diag_lib.write_failure_report(
         os.path.join(run.workdir, "failure_report.md"),
         format_name=str(run.fallback.current if run.fallback is not None
                         else cfg.quant.weight_format), step=run.step, reason=str(error),
         last_metrics=run.last_metrics, config_dict=cfg.to_dict(),
         worst_layers=diag_lib.worst_layers(run.last_metrics, "diag/stall_ratio/"))
-    run.ckpt.save(run.step, run.state, extra=run.extra(), force=True)
     write_json(os.path.join(run.workdir, "results.json"),
                {"status": "diverged", "step": run.step, "reason": str(error),
                 "workdir": run.workdir,
@@ -310,7 +362,8 @@ def _finish(run: Run) -> dict:
     if run.status == "completed":
         run.ckpt.save(run.step, run.state, extra=run.extra(), force=True)
     results = final_results(run)
-    write_json(os.path.join(run.workdir, "results.json"), results)
+    if parallel.is_main_process():
+        write_json(os.path.join(run.workdir, "results.json"), results)
     return results
 
 
