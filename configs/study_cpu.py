@@ -48,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
         "diag.every=50",  # the diagnostics step (flips, stalls, below-half-step)
         "diag.rank_every=250",  # rank health on
         "quant.embedding_format='none'",  # the embedding table stays float32: its own factor
+        # WordPiece training is not reproducible across processes: every cell, on every machine
+        # and in every stretch of the study, uses this one pinned tokenizer (16k, EURLEX57K train).
+        "data.tokenizer_file='reports/study_cpu/tokenizer.json'",
     )
     c.stages = (  # "name | formats | arms | seeds", in run order
         "tune_primary | E3M4,E6M1 | adamw_rtn,adamw_sr,ulp_sr,adamw | 0",
