@@ -105,5 +105,58 @@ def test_initialize_from_env_is_a_noop_when_unset_and_rejects_partial_settings()
     assert parallel.process_slice(16) == slice(0, 16)  # one process: every row
 
 
+
+def _launch_env(port=None, pid=None) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0",
+               HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", WANDB_MODE="offline")
+    for k in ("ALTGRAD_COORDINATOR", "ALTGRAD_NUM_PROCESSES", "ALTGRAD_PROCESS_ID"):
+        env.pop(k, None)
+    if port is not None:
+        env.update(ALTGRAD_COORDINATOR=f"127.0.0.1:{port}", ALTGRAD_NUM_PROCESSES="2",
+                   ALTGRAD_PROCESS_ID=str(pid))
+    return env
+
+
+def _metric_lines(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(x) for x in f if x.strip()]
+
+
+def test_launch_on_two_processes_equals_one_process(tmp_path):
+    """`python launch.py` twice over loopback (smoke config, float32): the loss curve equals a
+    one-process run's; only process 0 prints, writes metrics.jsonl lines once and results.json."""
+    flags = [f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.quant.weight_format=none",
+             "--config.train.eval_every=0", "--config.train.log_every=1",
+             "--config.diag.rank_every=0", "--config.diag.shadow_every=0"]
+    cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "--config=configs/smoke.py", *flags]
+    one = subprocess.run(cmd + [f"--workdir={tmp_path / 'one'}"], env=_launch_env(), cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)  # also fills the cache
+    assert one.returncode == 0, one.stderr[-3000:]
+    port = _free_port()
+    two = cmd + [f"--workdir={tmp_path / 'two'}"]
+    procs = [subprocess.Popen(two, env=_launch_env(port, i), cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=600))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        assert p.returncode == 0, outs[-1][1][-3000:]
+    assert "done: completed" in outs[0][0] and "run smoke" in outs[0][0]
+    assert "run smoke" not in outs[1][0] and "done:" not in outs[1][0]  # (Gloo's C++ line only)
+    ref = [x["train/loss"] for x in _metric_lines(tmp_path / "one") if "train/loss" in x]
+    lines = _metric_lines(tmp_path / "two")
+    got = [x["train/loss"] for x in lines if "train/loss" in x]
+    steps = [x["step"] for x in lines if "train/loss" in x]
+    assert steps == list(range(1, 7))  # one line per step: process 1 wrote nothing
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+    with open(tmp_path / "two" / "results.json") as f:
+        assert json.load(f)["status"] == "completed"
+    assert (tmp_path / "two" / "curves.png").exists()
+
+
 if __name__ == "__main__":
     print(json.dumps(_worker()))

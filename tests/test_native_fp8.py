@@ -111,3 +111,44 @@ def test_gpu_simulated_rounding_is_not_elided_and_equals_cpu():
         on_cpu = np.asarray(f(jax.device_put(x, cpu)))  # the program follows its input's device
         assert float(np.max(np.abs(on_gpu - np.asarray(x)))) > 0, fmt  # rounding happened
         np.testing.assert_array_equal(on_gpu.view(np.uint32), on_cpu.view(np.uint32))
+
+
+def test_policy_native_fp8_selects_native_only_for_native_formats():
+    """`QuantPolicy.native_fp8` picks NativeFP8DotGeneral where every format is E4M3 / E5M2, the
+    simulated path elsewhere; ``quant.native_fp8`` reaches it through builders.build_policy; the
+    encoder trained on it gives the simulated model's loss and gradients (same rounding)."""
+    from altgrad_jax.models import EncoderClassifier, QuantPolicy
+    from altgrad_jax.quant import PrecisionRules
+    from altgrad_jax.quant import NativeFP8DotGeneral as Exported
+    from altgrad_jax.train import builders
+    from configs import smoke
+
+    assert Exported is NativeFP8DotGeneral
+    rules = PrecisionRules.create([("head/", None), ("fc1", "E3M4")], default="E4M3")
+    pol = QuantPolicy(weights=rules, activations="same", gradients="E5M2", native_fp8=True)
+    assert isinstance(pol.dot_general_for("block_0/mlp/fc2/kernel"), NativeFP8DotGeneral)
+    assert isinstance(pol.dot_general_for("block_0/mlp/fc1/kernel"), QuantizedDotGeneral)
+    assert pol.dot_general_for("head/kernel") is jax.lax.dot_general
+    off = QuantPolicy(weights=rules, activations="same", gradients="E5M2")
+    assert isinstance(off.dot_general_for("block_0/mlp/fc2/kernel"), QuantizedDotGeneral)
+    no_act = QuantPolicy(weights=rules, activations=None, gradients="E5M2", native_fp8=True)
+    assert isinstance(no_act.dot_general_for("block_0/mlp/fc2/kernel"), QuantizedDotGeneral)
+    c = smoke.get_config()
+    c.quant.weight_format, c.quant.activations, c.quant.gradients = "E4M3", "same", "E5M2"
+    assert not builders.build_policy(c.quant).native_fp8
+    c.quant.native_fp8 = True
+    assert builders.build_policy(c.quant).native_fp8
+
+    def loss_grads(policy):
+        model = EncoderClassifier(vocab_size=50, num_labels=4, max_length=8, num_layers=1,
+                                  d_model=16, num_heads=2, mlp_dim=32, dropout=0.0,
+                                  policy=policy)
+        ids = jax.random.randint(jax.random.key(3), (4, 8), 1, 50)
+        params = model.init(jax.random.key(0), ids)["params"]
+        f = lambda p: jnp.sum(model.apply({"params": p}, ids) ** 2)  # noqa: E731
+        return jax.jit(jax.value_and_grad(f))(params)
+
+    (l_sim, g_sim), (l_nat, g_nat) = loss_grads(off), loss_grads(pol)
+    np.testing.assert_allclose(l_nat, l_sim, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_nat), jax.tree.leaves(g_sim)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

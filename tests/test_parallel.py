@@ -252,6 +252,39 @@ def test_bad_mesh_and_batch_sizes_raise_one_line_errors():
         parallel.seed_list(0, 0)
 
 
+# The training loop itself on 8 devices (train_and_evaluate; one subprocess, two runs).
+@pytest.fixture(scope="module")
+def loop_runs():
+    return _run_subprocess("loop", 8)
+
+
+def test_train_and_evaluate_on_eight_devices_equals_one_device(loop_runs):
+    """Smoke config, float32, mesh.data=-1 (8 simulated devices) vs mesh.data=1."""
+    assert loop_runs["devices"] == 8
+    ref, got = loop_runs["1/loss"], loop_runs["8/loss"]
+    assert loop_runs["8/steps"] == loop_runs["1/steps"] == list(range(1, 7))
+    assert _max_rel(got, ref) <= 1e-5
+    assert abs(loop_runs["8/test_loss"] / loop_runs["1/test_loss"] - 1) <= 1e-5
+    assert loop_runs["8/status"] == "completed"
+    assert loop_runs["8/shard_rows"] == [1] and loop_runs["1/shard_rows"] == [8]  # B=8 split
+    assert loop_runs["8/results_writes"] == loop_runs["1/results_writes"] == 1
+
+
+def test_loop_rejects_a_batch_that_does_not_split_over_the_mesh(loop_runs):
+    err = loop_runs["bad_batch_error"]
+    assert "train.batch_size=6" in err and "8 devices" in err and "\n" not in err
+
+
+def test_loop_rejects_vmap_seeds_for_now(tmp_path):
+    from altgrad_jax.train import loop
+    from configs import smoke
+
+    c = smoke.get_config()
+    c.mesh.vmap_seeds = 2
+    with pytest.raises(ValueError, match="parallel.make_multi_seed_step"):
+        loop.train_and_evaluate(c, str(tmp_path))
+
+
 def _one_device_worker() -> dict:
     import jax
 
@@ -295,5 +328,57 @@ def _one_device_worker() -> dict:
     return out
 
 
+def _loop_worker() -> dict:
+    """train_and_evaluate on the smoke config (float32) on all 8 devices and on 1, same process."""
+    import jax
+
+    from altgrad_jax import parallel
+    from altgrad_jax.train import loop
+    from configs import smoke
+
+    out = {"devices": jax.device_count()}
+    rows = set()
+    real_shard = parallel.shard_batch
+
+    def shard(batch, mesh):  # records the rows each device holds
+        batch = real_shard(batch, mesh)
+        rows.update(x.data.shape[0] for x in batch["input_ids"].addressable_shards)
+        return batch
+
+    parallel.shard_batch = shard
+    writes = []
+    real_write = loop.write_json
+    loop.write_json = lambda path, obj: (writes.append(os.path.basename(path)),
+                                         real_write(path, obj))[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (8, 1):
+            c = smoke.get_config()
+            c.data.cache_dir = os.path.join(tmp, "cache")
+            c.quant.weight_format = "none"
+            c.mesh.data = -1 if n == 8 else 1
+            c.train.num_steps, c.train.log_every, c.train.eval_every = 6, 1, 0
+            c.train.checkpoint_every, c.train.tune_threshold = 0, False
+            c.diag.every = c.diag.rank_every = c.diag.shadow_every = 0
+            workdir = os.path.join(tmp, f"run{n}")
+            writes.clear()
+            rows.clear()
+            results = loop.train_and_evaluate(c, workdir)
+            with open(os.path.join(workdir, "metrics.jsonl")) as f:
+                lines = [json.loads(x) for x in f if x.strip()]
+            out[f"{n}/loss"] = [x["train/loss"] for x in lines if "train/loss" in x]
+            out[f"{n}/steps"] = [x["step"] for x in lines if "train/loss" in x]
+            out[f"{n}/results_writes"] = writes.count("results.json")
+            out[f"{n}/status"] = results["status"]
+            out[f"{n}/shard_rows"] = sorted(rows)
+            out[f"{n}/test_loss"] = results["test"]["test/loss"]
+        c.mesh.data, c.train.batch_size = -1, 6
+        try:
+            loop.train_and_evaluate(c, os.path.join(tmp, "bad"))
+        except ValueError as e:
+            out["bad_batch_error"] = str(e)
+    return out
+
+
 if __name__ == "__main__":
-    print(json.dumps({"devices": _devices_worker, "one": _one_device_worker}[sys.argv[1]]()))
+    print(json.dumps({"devices": _devices_worker, "one": _one_device_worker,
+                      "loop": _loop_worker}[sys.argv[1]]()))
