@@ -270,6 +270,12 @@ def test_train_and_evaluate_on_eight_devices_equals_one_device(loop_runs):
     assert loop_runs["8/results_writes"] == loop_runs["1/results_writes"] == 1
 
 
+def test_loop_fsdp_run_resumes_on_another_device_count(loop_runs):
+    """3 steps FSDP on 8 devices, checkpoint, 3 more replicated on 4: the 1-device curve."""
+    assert loop_runs["resume/status"] == "completed"
+    assert _max_rel(loop_runs["resume/loss"], loop_runs["1/loss"]) <= 1e-5
+
+
 def test_loop_rejects_a_batch_that_does_not_split_over_the_mesh(loop_runs):
     err = loop_runs["bad_batch_error"]
     assert "train.batch_size=6" in err and "8 devices" in err and "\n" not in err
@@ -350,15 +356,29 @@ def _loop_worker() -> dict:
     real_write = loop.write_json
     loop.write_json = lambda path, obj: (writes.append(os.path.basename(path)),
                                          real_write(path, obj))[1]
+    def config(**mesh):
+        c = smoke.get_config()
+        c.data.cache_dir = os.path.join(tmp, "cache")
+        c.quant.weight_format = "none"
+        c.train.num_steps, c.train.log_every, c.train.eval_every = 6, 1, 0
+        c.train.checkpoint_every, c.train.tune_threshold = 0, False
+        c.diag.every = c.diag.rank_every = c.diag.shadow_every = 0
+        c.mesh.update(mesh)
+        return c
+
     with tempfile.TemporaryDirectory() as tmp:
+        # FSDP on 8 devices for 3 steps, then resumed replicated on 4 (another device count).
+        c = config(data=-1, fsdp=True, fsdp_min_size=64)
+        c.train.max_steps_this_run = 3
+        loop.train_and_evaluate(c, os.path.join(tmp, "resume"))
+        c = config(data=4)
+        c.train.max_steps_this_run = 0
+        out["resume/status"] = loop.train_and_evaluate(c, os.path.join(tmp, "resume"))["status"]
+        with open(os.path.join(tmp, "resume", "metrics.jsonl")) as f:
+            out["resume/loss"] = [json.loads(x)["train/loss"] for x in f
+                                  if x.strip() and "train/loss" in x]
         for n in (8, 1):
-            c = smoke.get_config()
-            c.data.cache_dir = os.path.join(tmp, "cache")
-            c.quant.weight_format = "none"
-            c.mesh.data = -1 if n == 8 else 1
-            c.train.num_steps, c.train.log_every, c.train.eval_every = 6, 1, 0
-            c.train.checkpoint_every, c.train.tune_threshold = 0, False
-            c.diag.every = c.diag.rank_every = c.diag.shadow_every = 0
+            c = config(data=-1 if n == 8 else 1)
             workdir = os.path.join(tmp, f"run{n}")
             writes.clear()
             rows.clear()
