@@ -212,9 +212,14 @@ def _placement(config) -> Placement:
 def _setup(config, workdir: str) -> Run:
     """Run folder, log routing, data, programs and a fresh state (phase 1)."""
     os.makedirs(workdir, exist_ok=True)
-    placement = _placement(config)
-    main = parallel.is_main_process()
+    # Route library logs first: the first device query prints XLA's backend probing at INFO.
     undo_logs = io_lib.route_library_logs(workdir, verbose=bool(config.log.verbose))
+    try:
+        placement = _placement(config)
+    except ValueError:
+        undo_logs()
+        raise
+    main = parallel.is_main_process()
     console = io_lib.Console() if main else _Silent()
     config_dict = config.to_dict()
     ckpt = io_lib.Checkpointer(workdir, max_to_keep=int(config.train.keep_checkpoints),
