@@ -69,7 +69,7 @@ SOURCES = ("auto", "jsonl", "hub", "synthetic")
 LABEL_VOCAB_FILE = "label_vocab.json"
 TOKENIZER_FILE = "tokenizer.json"
 DATA_INFO_FILE = "data_info.json"
-ENCODED_VERSION = 1  # bump when the encoding changes: it is part of the encoded-splits cache key
+ENCODED_VERSION = 2  # bump when the encoding changes: it is part of the encoded-splits cache key
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -200,10 +200,14 @@ def _encoded_key(dc: DataConfig, desc: SourceDesc, tokenizer: Tokenizer, label_f
 
 def _encode_splits(records: dict[str, list[dict]], full_sizes: dict[str, int], dc: DataConfig,
                    tokenizer: Tokenizer, text_field: str, label_field: str,
-                   run_vocab: LabelVocab | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Tokenizes, pads and multi-hot encodes every split (the cold path of the encoded cache)."""
-    vocab = build_label_vocab((r[label_field] for r in records["train"]), dc.label_set,
-                              field=label_field)
+                   run_vocab: LabelVocab | None, train_labels_full: list
+                   ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Tokenizes, pads and multi-hot encodes every split (the cold path of the encoded cache).
+
+    The label vocabulary comes from the whole (kept) train split, not the ``max_train_docs``
+    subset, so the label set of a run does not depend on how much of train it trains on.
+    """
+    vocab = build_label_vocab(iter(train_labels_full), dc.label_set, field=label_field)
     if run_vocab is not None:
         if run_vocab.ids != vocab.ids:
             logging.warning("The run folder's %s differs from the one built from the data "
@@ -312,7 +316,7 @@ def build_data(cfg: Any, workdir: str | os.PathLike | None = None) -> DataBundle
     arrays, meta, cache_state = _cached_encode(
         dc, _encoded_key(dc, desc, tokenizer, label_field, run_vocab),
         lambda: _encode_splits(records.get(), records.full_sizes, dc, tokenizer, text_field,
-                               label_field, run_vocab))
+                               label_field, run_vocab, records.train_labels_full))
     t_enc = time.perf_counter() - t2 - (0.0 if read_before else records.seconds)
     vocab = LabelVocab.from_json(meta["vocab"])
     datasets = {s: ArrayDataset(arrays[f"{s}_input_ids"], arrays[f"{s}_labels"], s)

@@ -144,6 +144,9 @@ class SplitRecords:
         self._dc, self._desc, self._field = dc, desc, label_field
         self._records: dict[str, list[dict]] | None = None
         self.full_sizes: dict[str, int] = {}
+        # The label lists of the whole (kept) train split: the label vocabulary is built from
+        # them, so it does not move with data.max_train_docs (a subset's top-100 differs).
+        self.train_labels_full: list = []
         self.seconds = 0.0
 
     @property
@@ -182,6 +185,7 @@ class SplitRecords:
                                 "Fix: set data.label_field to the field holding the labels or "
                                 "choose another data.label_set.")
         self.full_sizes = {s: len(records[s]) for s in SPLITS}
+        self.train_labels_full = [r[self._field] for r in records["train"]]
         max_docs = {"train": dc.max_train_docs, "validation": dc.max_validation_docs,
                     "test": dc.max_test_docs}
         for split in SPLITS:
