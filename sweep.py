@@ -37,6 +37,9 @@ _ONLY = flags.DEFINE_list("only", [], "Cells to run: FORMAT/ARM/SEED[/FACTOR] or
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and its cost only.")
 _RETRY_DIVERGED = flags.DEFINE_bool("retry_diverged", False,
                                     "Move diverged run folders aside and rerun them fresh.")
+_COMPILATION_CACHE = flags.DEFINE_bool(
+    "compilation_cache", True, "Keep compiled programs in <run_dir>/.jax_cache (XLA's persistent "
+    "cache): cells that differ only by seed reuse them instead of recompiling (~110 s a run).")
 
 
 WAIT_POLL_S = 30.0  # how often a sweep blocked on another process's tuning run looks again
@@ -208,9 +211,22 @@ def run_sweep(study_cfg, *, extra_overrides=(), only=(), dry_run=False, retry_di
     return out
 
 
+def _enable_compilation_cache(path: str) -> None:
+    """XLA's persistent compilation cache: an executable is reused only for an identical program,
+    so results are unchanged; only the compile time (recorded in each run's perf) drops."""
+    import jax
+
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _COMPILATION_CACHE.value and not _DRY_RUN.value:
+        _enable_compilation_cache(os.path.join(str(_CONFIG.value.run_dir), ".jax_cache"))
     try:
         run_sweep(_CONFIG.value, extra_overrides=tuple(_SET.value), only=tuple(_ONLY.value),
                   dry_run=_DRY_RUN.value, retry_diverged=_RETRY_DIVERGED.value,
