@@ -85,6 +85,8 @@ def place_state(state: Any, mesh: Mesh, *, fsdp: bool = False, fsdp_min_size: in
     """``state`` on ``mesh``: replicated, or FSDP-split (see `state_shardings`).
 
     Example:
+      >>> import jax.numpy as jnp
+      >>> from altgrad_jax.parallel import make_mesh
       >>> mesh = make_mesh(-1)
       >>> state = place_state({"w": jnp.ones((8, 4))}, mesh)
       >>> state["w"].sharding.is_fully_replicated
