@@ -83,17 +83,33 @@ def time_step(cfg: ml_collections.ConfigDict, args) -> float:
     kw = dict(model=model, tx=tx, lr_schedule=sched, options=options)
     step = (make_diag_step(**kw, format_fn=policy.weights.lookup, grad_format=None)
             if args.with_diag else make_train_step(**kw))
-    flops = (step.lower(state, batch).compile().cost_analysis() or {}).get("flops", float("nan"))
-    for _ in range(2):  # compile + warm-up
+    flops, _ = compiled_flops(step, state, batch)
+    t, _ = median_step_seconds(step, state, batch, args.steps)
+    return t, flops
+
+
+def compiled_flops(step, state, batch) -> tuple[float, float]:
+    """``(FLOPs of one step from XLA's cost analysis, compile seconds)`` of a jitted step."""
+    t0 = time.perf_counter()
+    cost = step.lower(state, batch).compile().cost_analysis()
+    compile_s = time.perf_counter() - t0
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", float("nan"))), compile_s
+
+
+def median_step_seconds(step, state, batch, steps: int):
+    """``(median seconds per step over ``steps`` timed calls, last metrics)`` after a warm-up of
+    two calls (the first compiles); the state is threaded through, as in training."""
+    for _ in range(2):
         state, m = step(state, batch)
     jax.block_until_ready(m)
     times = []
-    for _ in range(args.steps):
+    for _ in range(steps):
         t0 = time.perf_counter()
         state, m = step(state, batch)
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), float(flops)
+    return statistics.median(times), m
 
 
 def main():

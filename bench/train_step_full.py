@@ -23,8 +23,6 @@ import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import inspect  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -32,6 +30,7 @@ import jax.numpy as jnp  # noqa: E402
 from altgrad_jax.train import builders  # noqa: E402
 from altgrad_jax.train import step as step_lib  # noqa: E402
 from altgrad_jax.train.state import TrainState  # noqa: E402
+from bench.train_step import compiled_flops, median_step_seconds  # noqa: E402
 from configs import default  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L4": 121.0,
@@ -81,22 +80,8 @@ def build(args, case):
 
 def measure(args, case):
     step, state, batch = build(args, case)
-    t0 = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float((cost or {}).get("flops", float("nan")))
-    for _ in range(2):
-        state, m = step(state, batch)
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        state, m = step(state, batch)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
-    t = statistics.median(times)
+    flops, compile_s = compiled_flops(step, state, batch)
+    t, m = median_step_seconds(step, state, batch, args.steps)
     peak = args.peak_tflops or peak_tflops(jax.devices()[0].device_kind)
     return {"ms_per_step": t * 1e3, "samples_per_s": args.batch / t,
             "tokens_per_s": args.batch * args.length / t, "flops_per_step": flops,
