@@ -184,8 +184,7 @@ def test_train_step_does_not_recompile(cache_dir, tmp_path):
     options = step_lib.StepOptions()
     state = TrainState.create(params=params, opt_state=tx.init(params), rng_key=jax.random.key(1),
                               diag=step_lib.init_diag_state(options, 4))
-    fn = step_lib.make_train_step(model=model, tx=tx, format_fn=policy.weights.lookup,
-                                  lr_schedule=sched, grad_format=None, options=options)
+    fn = step_lib.make_train_step(model=model, tx=tx, lr_schedule=sched, options=options)
     it = data_lib.BatchIterator(bundle.train, 8, seed=0)
     for _ in range(3):
         state, metrics = fn(state, {k: jnp.asarray(v) for k, v in next(it).items()})

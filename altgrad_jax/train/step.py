@@ -197,8 +197,6 @@ def diag_step(state: TrainState, batch: dict, *, model: nn.Module,
 
 def make_train_step(**kwargs) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """`train_step` with its static arguments bound, jitted once, state donated."""
-    kwargs.pop("format_fn", None)
-    kwargs.pop("grad_format", None)
     return jax.jit(functools.partial(train_step, **kwargs), donate_argnums=0)
 
 
