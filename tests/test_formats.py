@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from altgrad_jax.formats import (FloatFormat, decode, encode, format_names, get_format, make_format,
-                                 register_format)
+                                 register_format, unregister_format)
 from altgrad_jax.quant import quantize
 
 TWINS = ["float8_e4m3fn", "float8_e5m2", "float8_e3m4", "float8_e4m3", "float8_e4m3fnuz",
@@ -389,10 +389,18 @@ def test_names_are_case_insensitive_and_register():
     assert get_format("  e3m4 ") is get_format("E3M4")
     fmt = make_format(exponent_bits=3, mantissa_bits=2, bias=2, name="tiny_test_fmt")
     register_format("tiny_test_fmt", fmt, overwrite=True)
-    assert get_format("TINY_TEST_FMT") == fmt
-    assert "tiny_test_fmt" in format_names()
-    with pytest.raises(ValueError, match="already registered"):
-        register_format("E4M3", fmt)
+    try:
+        assert get_format("TINY_TEST_FMT") == fmt
+        assert "tiny_test_fmt" in format_names()
+        with pytest.raises(ValueError, match="already registered"):
+            register_format("E4M3", fmt)
+    finally:
+        unregister_format("tiny_test_fmt")
+    assert "tiny_test_fmt" not in format_names()
+    with pytest.raises(ValueError, match="unknown format"):
+        get_format("tiny_test_fmt")
+    with pytest.raises(ValueError, match="built in"):
+        unregister_format("E4M3")
 
 
 @pytest.mark.parametrize("kwargs,field", [

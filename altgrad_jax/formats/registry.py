@@ -68,6 +68,17 @@ def register_format(name: str, fmt: FloatFormat, *, overwrite: bool = False) -> 
     return fmt
 
 
+def unregister_format(name: str) -> None:
+    """Removes a format added with `register_format`; the built-in names cannot be removed."""
+    key = name.strip().upper() if isinstance(name, str) else name
+    if key not in _REGISTRY:
+        raise ValueError(f"format {name!r} is not registered")
+    if any(key == b.upper() for b in BUILTIN_FORMATS):
+        raise ValueError(f"format {name!r} is built in and cannot be unregistered")
+    del _REGISTRY[key]
+    _DISPLAY_NAMES[:] = [n for n in _DISPLAY_NAMES if n.upper() != key]
+
+
 def format_names() -> list[str]:
     """All registered names, in registration order."""
     return list(_DISPLAY_NAMES)
@@ -133,3 +144,5 @@ _builtin("bfloat16", exponent_bits=8, mantissa_bits=7, bias=127, nan_inf="ieee")
 _builtin("float16", exponent_bits=5, mantissa_bits=10, bias=15, nan_inf="ieee")
 
 SEED_FORMATS = ("E0M7", "E1M6", "E2M5", "E3M4", "E4M3", "E5M2", "E6M1", "E7M0")
+# Every name registered at import (user registrations are not in it).
+BUILTIN_FORMATS = tuple(_DISPLAY_NAMES)
