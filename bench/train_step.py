@@ -2,9 +2,10 @@
 manifold_adamw and the study's regime-(b) arms, as ratios to the FP32 AdamW step, in one process.
 
   python bench/train_step.py [--steps 20] [--batch 32] [--length 128] [--layers 2] [--d 128]
-      [--with-diag] [--only SUBSTRING,...]
+      [--dropout 0.1] [--with-diag] [--only SUBSTRING,...]
 
-Defaults are the study's settings (2 layers, d=128, length 128, batch 32). Target on CPU: a
+Defaults are the study's settings (2 layers, d=128, length 128, batch 32, dropout 0.1; the
+"threefry dropout" case is flax.linen.Dropout instead of the default counter-based masks). Target on CPU: a
 quantized step within 1.15x of the unquantized step. ``--with-diag`` times the diagnostics step
 (flips, stalls, gradient statistics, quantization health) instead of the plain step the loop runs
 between diagnostics samples. Besides ms/step and the ratio it prints the model FLOPs of the step
@@ -37,8 +38,9 @@ from configs import default
 
 
 def _case(fmt: str, activations: bool, optimizer: str, precondition: str = "update",
-          on_grid: str = ""):
+          on_grid: str = "", dropout_impl: str = "hash"):
     c = default.get_config()
+    c.model.dropout_impl = dropout_impl
     c.quant.weight_format = fmt
     c.quant.activations = "same" if activations and fmt != "none" else "none"
     c.optimizer.name = optimizer
@@ -68,7 +70,7 @@ def time_step(cfg: ml_collections.ConfigDict, args) -> float:
     cfg.data.max_length = args.length
     cfg.model.num_layers, cfg.model.d_model = args.layers, args.d
     cfg.model.mlp_dim = 4 * args.d
-    cfg.model.dropout = 0.0
+    cfg.model.dropout = args.dropout
     policy = loop_lib.build_policy(cfg.quant)
     model = loop_lib.build_model(cfg, vocab_size=16000, num_labels=100, policy=policy)
     tx, sched = loop_lib.build_optimizer(cfg, policy.weights.lookup, 1000)
@@ -119,6 +121,7 @@ def main():
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--d", type=int, default=128)
+    p.add_argument("--dropout", type=float, default=0.1, help="the study's (and default) rate")
     p.add_argument("--with-diag", action="store_true")
     p.add_argument("--only", default="", help="comma-separated substrings of case names")
     args = p.parse_args()
@@ -134,6 +137,8 @@ def main():
         ("E4M3 weights adamw_rtn", _case("E4M3", False, "adamw", on_grid="nearest")),
         ("E4M3 weights adamw_sr", _case("E4M3", False, "adamw", on_grid="stochastic")),
         ("E4M3 weights ulp_sr", _case("E4M3", False, "manifold_adamw", "update", "stochastic")),
+        ("E4M3 weights ulp_sr threefry dropout",
+         _case("E4M3", False, "manifold_adamw", "update", "stochastic", dropout_impl="threefry")),
     ]
     only = [x for x in args.only.split(",") if x]
     cases = [c for c in cases if c[0] == "FP32 adamw" or not only or any(o in c[0] for o in only)]
@@ -153,6 +158,7 @@ def main():
     print(json.dumps({"bench": "train_step", "model_gflop_per_step": round(model_flops / 1e9, 3),
                       "matmul_peak_gflops": round(peak / 1e9, 1), "batch": args.batch,
                       "length": args.length, "layers": args.layers, "d": args.d,
+                      "dropout": args.dropout,
                       "with_diag": args.with_diag, "cases": out}))
 
 

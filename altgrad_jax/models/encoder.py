@@ -28,11 +28,19 @@ import jax
 import jax.numpy as jnp
 
 from altgrad_jax.formats import FloatFormat, get_format
+from altgrad_jax.models.dropout import Dropout as HashDropout
 from altgrad_jax.quant import (NativeFP8DotGeneral, PrecisionRules, QuantizedDotGeneral,
                               is_native, quantize_amax)
 from altgrad_jax.quant.scaling import _check_binades
 
 POOLING_MODES = ("mean", "cls")
+DROPOUT_IMPLS = ("hash", "threefry")  # altgrad_jax.models.dropout.Dropout | flax.linen.Dropout
+
+
+def _dropout(impl: str, rate: float) -> nn.Module:
+    if impl not in DROPOUT_IMPLS:
+        raise ValueError(f"dropout_impl must be one of {DROPOUT_IMPLS}, got {impl!r}")
+    return HashDropout(rate) if impl == "hash" else nn.Dropout(rate)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -128,6 +136,7 @@ class SelfAttention(nn.Module):
     num_heads: int
     policy: QuantPolicy
     dropout: float = 0.0
+    dropout_impl: str = "hash"
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool):
@@ -142,7 +151,7 @@ class SelfAttention(nn.Module):
         big_neg = jnp.finfo(jnp.float32).min
         logits = jnp.where(mask[:, None, None, :], logits, big_neg)
         probs = jax.nn.softmax(logits, axis=-1)
-        probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic)
+        probs = _dropout(self.dropout_impl, self.dropout)(probs, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, length, d)
         return QDense(d, self.policy, name="out")(out)
 
@@ -151,12 +160,13 @@ class MLP(nn.Module):
     mlp_dim: int
     policy: QuantPolicy
     dropout: float = 0.0
+    dropout_impl: str = "hash"
 
     @nn.compact
     def __call__(self, x, deterministic: bool):
         y = QDense(self.mlp_dim, self.policy, name="fc1")(x)
         y = nn.gelu(y)
-        y = nn.Dropout(self.dropout)(y, deterministic=deterministic)
+        y = _dropout(self.dropout_impl, self.dropout)(y, deterministic=deterministic)
         return QDense(x.shape[-1], self.policy, name="fc2")(y)
 
 
@@ -165,16 +175,18 @@ class Block(nn.Module):
     mlp_dim: int
     policy: QuantPolicy
     dropout: float = 0.0
+    dropout_impl: str = "hash"
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool):
         y = nn.LayerNorm(name="ln1")(x)
-        y = SelfAttention(self.num_heads, self.policy, self.dropout, name="attn")(
-            y, mask, deterministic)
-        x = x + nn.Dropout(self.dropout)(y, deterministic=deterministic)
+        y = SelfAttention(self.num_heads, self.policy, self.dropout, self.dropout_impl,
+                          name="attn")(y, mask, deterministic)
+        x = x + _dropout(self.dropout_impl, self.dropout)(y, deterministic=deterministic)
         y = nn.LayerNorm(name="ln2")(x)
-        y = MLP(self.mlp_dim, self.policy, self.dropout, name="mlp")(y, deterministic)
-        return x + nn.Dropout(self.dropout)(y, deterministic=deterministic)
+        y = MLP(self.mlp_dim, self.policy, self.dropout, self.dropout_impl, name="mlp")(
+            y, deterministic)
+        return x + _dropout(self.dropout_impl, self.dropout)(y, deterministic=deterministic)
 
 
 class EncoderClassifier(nn.Module):
@@ -186,6 +198,8 @@ class EncoderClassifier(nn.Module):
       max_length: maximum sequence length (position table size).
       num_layers, d_model, num_heads, mlp_dim: sizes.
       dropout: dropout rate (attention probabilities, residual branches, MLP).
+      dropout_impl: ``"hash"`` (`altgrad_jax.models.dropout.Dropout`, counter-based mask bits,
+        the default: 1.6x faster train step on CPU) or ``"threefry"`` (`flax.linen.Dropout`).
       pooling: ``"mean"`` (masked mean over non-padding tokens) or ``"cls"`` (first token).
       policy: the `QuantPolicy`.
 
@@ -206,6 +220,7 @@ class EncoderClassifier(nn.Module):
     num_heads: int = 4
     mlp_dim: int = 512
     dropout: float = 0.0
+    dropout_impl: str = "hash"
     pooling: str = "mean"
     policy: QuantPolicy = QuantPolicy()
 
@@ -220,10 +235,10 @@ class EncoderClassifier(nn.Module):
         x = QEmbed(self.vocab_size, self.d_model, self.policy, name="embed")(input_ids)
         pos = QEmbed(self.max_length, self.d_model, self.policy, name="pos_embed")(
             jnp.arange(length)[None, :])
-        x = nn.Dropout(self.dropout)(x + pos, deterministic=deterministic)
+        x = _dropout(self.dropout_impl, self.dropout)(x + pos, deterministic=deterministic)
         for i in range(self.num_layers):
-            x = Block(self.num_heads, self.mlp_dim, self.policy, self.dropout, name=f"block_{i}")(
-                x, mask, deterministic)
+            x = Block(self.num_heads, self.mlp_dim, self.policy, self.dropout, self.dropout_impl,
+                      name=f"block_{i}")(x, mask, deterministic)
         x = nn.LayerNorm(name="final_ln")(x)
         if self.pooling == "cls":
             pooled = x[:, 0]

@@ -10,7 +10,7 @@ import ml_collections
 import optax
 
 from altgrad_jax import diagnostics as diag_lib
-from altgrad_jax.models import EncoderClassifier, QuantPolicy
+from altgrad_jax.models import DROPOUT_IMPLS, EncoderClassifier, QuantPolicy
 from altgrad_jax.optim import make_optimizer
 from altgrad_jax.quant import PrecisionRules, format_or_none
 
@@ -59,10 +59,14 @@ def build_model(config: ml_collections.ConfigDict, *, vocab_size: int, num_label
                 policy: QuantPolicy) -> EncoderClassifier:
     """The `EncoderClassifier` of ``config.model`` / ``config.data.max_length`` with ``policy``."""
     m = config.model
+    if m.dropout_impl not in DROPOUT_IMPLS:
+        raise ValueError(f"model.dropout_impl={m.dropout_impl!r} is not one of {DROPOUT_IMPLS}; "
+                         "use --config.model.dropout_impl=hash")
     return EncoderClassifier(vocab_size=vocab_size, num_labels=num_labels,
                              max_length=config.data.max_length, num_layers=m.num_layers,
                              d_model=m.d_model, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
-                             dropout=m.dropout, pooling=m.pooling, policy=policy)
+                             dropout=m.dropout, dropout_impl=m.dropout_impl, pooling=m.pooling,
+                             policy=policy)
 
 
 def build_optimizer(config: ml_collections.ConfigDict, format_fn, num_steps: int, *,
