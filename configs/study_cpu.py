@@ -15,8 +15,10 @@ run per core, ~90 s of data build and evaluation per run). The seeds' full scale
 d=384, length 512) is ~40x the FLOPs per step and out of reach on CPU.
 
 Stages, in run order, so that an interrupted study answers the primary contrast first:
-  tune_primary  the primary arms and AdamW, c (or the lr) x {1/3, 1, 3}, seed 0, E3M4 and E6M1;
+  tune_primary  the primary arms, c (or the lr) x {1/3, 1, 3}, seed 0, E3M4 and E6M1;
   primary       7 distinct 8-bit formats x {adamw_rtn, adamw_sr, ulp_sr} x seeds 1-3;
+  tune_reference  AdamW's lr x {1/3, 1, 3} (regime a), seed 0, E3M4 and E6M1 (moved out of
+                tune_primary in the fourth stretch: it gates no primary cell);
   reference     FP32 AdamW; BF16 x the primary arms;
   tune_more     the other arms' tuning;
   seeds12       the seeds' 12 conditions in regime (a): 6 formats x {adamw, manifold_gradient};
@@ -53,8 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
         "data.tokenizer_file='reports/study_cpu/tokenizer.json'",
     )
     c.stages = (  # "name | formats | arms | seeds", in run order
-        "tune_primary | E3M4,E6M1 | adamw_rtn,adamw_sr,ulp_sr,adamw | 0",
+        "tune_primary | E3M4,E6M1 | adamw_rtn,adamw_sr,ulp_sr | 0",
         f"primary | {PRIMARY_FORMATS} | adamw_rtn,adamw_sr,ulp_sr | 1,2,3",
+        "tune_reference | E3M4,E6M1 | adamw | 0",
         "reference | none | adamw | 1,2,3",
         "reference_bf16 | BF16 | adamw_rtn,adamw_sr,ulp_sr | 1,2,3",
         "tune_more | E3M4,E6M1 | manifold_gradient,tensor_sr,grid | 0",

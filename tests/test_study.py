@@ -87,9 +87,10 @@ def test_study_cpu_cells_in_run_order():
     cfg.base_config = os.path.join(ROOT, "configs", "default.py")
     specs = matrix_lib.expand(cfg)
     stages = list(dict.fromkeys(s.stage for s in specs))
-    assert stages[:3] == ["tune_primary", "primary", "reference"]
+    assert stages[:4] == ["tune_primary", "primary", "tune_reference", "reference"]
     count = {st: sum(s.stage == st for s in specs) for st in stages}
-    assert count == {"tune_primary": 24, "primary": 63, "reference": 3, "reference_bf16": 9,
+    assert count == {"tune_primary": 18, "primary": 63, "tune_reference": 6, "reference": 3,
+                     "reference_bf16": 9,
                      "tune_more": 18, "seeds12": 36, "e1m6": 3, "per_tensor": 18}
     names = [s.name for s in specs]
     assert len(set(names)) == len(names)
@@ -98,6 +99,10 @@ def test_study_cpu_cells_in_run_order():
     prim = [s for s in specs if s.stage == "primary"]
     assert {s.format for s in prim} == {"E0M7", "E2M5", "E3M4", "E4M3", "E5M2", "E6M1", "E7M0"}
     assert {s.arm for s in prim} == set(matrix_lib.PRIMARY_ARMS)
+    # Every primary cell is gated only by tuning that runs before it (an interrupted study
+    # answers the primary contrast first).
+    before = {(s.arm) for s in specs[:specs.index(prim[0])] if s.is_tuning}
+    assert before == set(matrix_lib.PRIMARY_ARMS)
     assert names[:3] == ["E3M4__adamw_rtn__s0__x1o3", "E3M4__adamw_rtn__s0__x1",
                          "E3M4__adamw_rtn__s0__x3"]
     seeds12 = {(s.format, s.arm) for s in specs if s.stage == "seeds12"}
