@@ -281,14 +281,15 @@ def test_loop_rejects_a_batch_that_does_not_split_over_the_mesh(loop_runs):
     assert "train.batch_size=6" in err and "8 devices" in err and "\n" not in err
 
 
-def test_loop_rejects_vmap_seeds_for_now(tmp_path):
+def test_train_and_evaluate_points_a_seed_group_to_its_driver(tmp_path):
     from altgrad_jax.train import loop
     from configs import smoke
 
     c = smoke.get_config()
     c.mesh.vmap_seeds = 2
-    with pytest.raises(ValueError, match="parallel.make_multi_seed_step"):
+    with pytest.raises(ValueError, match="train_seeds_together"):
         loop.train_and_evaluate(c, str(tmp_path))
+    assert not os.listdir(tmp_path)  # refused before anything is written
 
 
 def _one_device_worker() -> dict:

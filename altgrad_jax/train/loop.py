@@ -198,9 +198,6 @@ class _Silent:
 def _placement(config) -> Placement:
     """The mesh of ``config.mesh``; the batch must split over it (one-line errors otherwise)."""
     m = config.mesh
-    if int(m.get("vmap_seeds", 1)) != 1:
-        raise ValueError("mesh.vmap_seeds > 1 is available as parallel.make_multi_seed_step, "
-                         "not yet in train_and_evaluate; set mesh.vmap_seeds=1")
     mesh = parallel.make_mesh(m)
     n, b = int(mesh.devices.size), int(config.train.batch_size)
     if b % n:
@@ -337,6 +334,16 @@ def _train(run: Run) -> None:
             action(run, run.step, metrics)
 
 
+def train_alone(run: Run) -> None:
+    """`_train`, with a divergence finished as a diverged run instead of raised (seed groups)."""
+    if run.status != "completed":
+        return
+    try:
+        _train(run)
+    except TrainingDiverged as e:
+        _finish_diverged(run, e)
+
+
 def _close(run: Run) -> None:
     for part in (run.bar, run.writers, run.ckpt):
         if part is not None:
@@ -381,6 +388,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
         first).
       ValueError / FileNotFoundError: for bad config values or missing data, with the fix named.
     """
+    if int(config.mesh.get("vmap_seeds", 1)) != 1:
+        raise ValueError("mesh.vmap_seeds > 1 trains several runs: use launch.py or "
+                         "altgrad_jax.train.seeds.train_seeds_together (train_and_evaluate "
+                         "trains one run)")
     workdir = os.path.abspath(workdir or default_workdir(config))
     done = completed_results(workdir, config)
     if done is not None:
@@ -395,3 +406,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
         raise
     finally:
         _close(run)
+
+
+# The phases by name, for drivers of several runs (altgrad_jax.train.seeds).
+setup_run, restore_run, finish_run, finish_diverged, close_run = (
+    _setup, _restore, _finish, _finish_diverged, _close)

@@ -38,6 +38,7 @@ class PerfTimer:
 
     def __init__(self, batch_size: int):
         self.batch_size = batch_size
+        self.vmap_seeds = 1  # runs sharing each timed step (altgrad_jax.train.seeds)
         self.train_s = self.compile_s = 0.0
         self.steps = self.tokens = 0
         self._w = [0.0, 0, 0]  # window: seconds, steps, tokens
@@ -71,7 +72,8 @@ class PerfTimer:
         return {"train_steps_per_s": self.steps / t,
                 "train_samples_per_s": self.steps * self.batch_size / t,
                 "train_tokens_per_s": self.tokens / t, "train_time_s": self.train_s,
-                "compile_time_s": self.compile_s, "wall_time_s": wall_time_s}
+                "compile_time_s": self.compile_s, "wall_time_s": wall_time_s,
+                "vmap_seeds": self.vmap_seeds}
 
 
 class NonfiniteGuard:

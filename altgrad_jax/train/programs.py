@@ -67,6 +67,8 @@ class Programs:
     diag_step: Any
     eval_step: Any
     shadow_fn: Any
+    train_fn: Any = None  # the pure (unjitted) steps, for vmapped seed groups
+    diag_fn: Any = None
 
 
 def _shadow(config, model, fp32_model):
@@ -127,4 +129,4 @@ def build_programs(config, policy, bundle, options: StepOptions, timer=None, *,
                     train_step=TimedProgram(placement.jit_step(train), timer),
                     diag_step=TimedProgram(placement.jit_step(diag), timer),
                     eval_step=_EvalProgram(evaluate, placement.mesh),
-                    shadow_fn=_shadow(config, model, fp32_model))
+                    shadow_fn=_shadow(config, model, fp32_model), train_fn=train, diag_fn=diag)

@@ -19,7 +19,7 @@ from altgrad_jax.train.metrics import multilabel_metrics, tune_threshold
 # The device layout (mesh.data / fsdp) is not the experiment: a run may resume on another device
 # count (the float32 numerics agree to rounding; tests/test_parallel.py).
 _RESUME_MUTABLE = ("train.max_steps_this_run", "train.progress_bar", "log.", "data.data_dir",
-                   "data.cache_dir", "mesh.data", "mesh.fsdp", "mesh.fsdp_min_size")
+                   "data.cache_dir", "mesh.data", "mesh.fsdp", "mesh.fsdp_min_size", "mesh.vmap_seeds")
 
 
 def write_json(path: str, obj: Any) -> None:
