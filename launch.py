@@ -8,6 +8,9 @@ Flags:
   --verbosity absl's flag; given explicitly, library logs (orbax, absl, XLA) show on the terminal
               too (``log.verbose``). They always go to ``<workdir>/log.txt``.
 
+With ``--config.mesh.vmap_seeds=S`` the S seeds (every seed field + 0 .. S-1) train together in one
+vmapped program, in ``<workdir>/seed0 .. seed<S-1>`` (altgrad_jax.train.seeds).
+
 The terminal shows the run's own lines: the run folder, one config line, the data summary, one
 line per log step, eval lines and the result; at the end ``<workdir>/curves.png`` is drawn.
 """
@@ -31,22 +34,40 @@ def main(argv):
         parallel.initialize_from_env()
     except ValueError as e:
         sys.exit(f"error: {e}")
-    from altgrad_jax.analysis.plot_run import plot_run
-    from altgrad_jax.train.loop import TrainingDiverged, train_and_evaluate
+    from altgrad_jax.train.loop import TrainingDiverged
 
     config = _CONFIG.value
     if flags.FLAGS["verbosity"].present:
         config.log.verbose = True
     try:
-        results = train_and_evaluate(config, _WORKDIR.value)
+        all_results = _train(config, _WORKDIR.value)
     except TrainingDiverged as e:
         sys.exit(f"training diverged: {e}")
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     if not parallel.is_main_process():
         return  # process 0 draws the curves and prints the result
+    for results in all_results:
+        _say_done(results)
+
+
+def _train(config, workdir):
+    """One run, or with ``mesh.vmap_seeds=S`` the S seeds in ``<workdir>/seed<i>`` together."""
+    from altgrad_jax.train import seeds
+    from altgrad_jax.train.loop import default_workdir, train_and_evaluate
+
+    if int(config.mesh.vmap_seeds) == 1:
+        return [train_and_evaluate(config, workdir)]
+    n = int(config.mesh.vmap_seeds)
+    return seeds.train_seeds_together(seeds.seed_configs(config), seeds.seed_workdirs(
+        workdir or default_workdir(config), n))
+
+
+def _say_done(results: dict) -> None:
+    from altgrad_jax.analysis.plot_run import plot_run
+
     workdir = results["workdir"]
-    png = plot_run(workdir)
+    png = plot_run(workdir) if results.get("status") != "diverged" else "-"
     test = results.get("test", {})
     f1 = test.get("test/micro_f1")
     print(f"done: {results['status']} | test micro-F1 "

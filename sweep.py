@@ -19,6 +19,11 @@ whose record says completed is never rerun; a diverged one is a result and is sk
 choose each arm's factor, applied to the arm's later cells; a cell whose arm's tuning is still
 pending is skipped ("blocked"). Several sweep processes may share one study (one per core): each
 claims a cell with a lock file ``<run_dir>/<name>.lock`` before training it.
+
+With ``--config.vmap_seeds=S`` (S > 1) the cells of a non-tuning stage that differ only by seed
+are trained S at a time as one vmapped seed group (`altgrad_jax.train.seeds`: one compile, one
+launch per step; on a GPU this is how a small model fills the device). Records and run folders
+are the same as for separate runs; a group of one falls back to the single-run path.
 """
 
 from __future__ import annotations
@@ -144,6 +149,48 @@ def _one(spec, study, records, chosen, retry_diverged, log, tag) -> str:
         os.remove(lock)
 
 
+def _siblings(spec, selected) -> list:
+    """``spec`` and the later cells of ``selected`` that differ from it only by seed: the
+    candidates of one seed group (`_group` takes the first ``size`` it can claim)."""
+    same = [s for s in selected if (s.stage, s.format, s.arm, s.factor) == (
+        spec.stage, spec.format, spec.arm, spec.factor)]
+    return same[same.index(spec):]
+
+
+def _group(specs, size, study, records, chosen, log, tag) -> list[tuple[str, str]]:
+    """Trains up to ``size`` cells of ``specs`` that need it as one vmapped seed group; falls back
+    to `_one` when fewer than two are left (finished, diverged or claimed by another process)."""
+    from altgrad_jax.analysis import matrix as matrix_lib
+    from altgrad_jax.train import seeds as seeds_lib
+
+    fresh = [s for s in specs if (records.get(s.name) or {}).get("status") is None
+             and not os.path.exists(os.path.join(s.workdir, "results.json"))]
+    locks = [os.path.join(study.run_dir, f"{s.name}.lock") for s in fresh]
+    mine = []
+    for s, lk in zip(fresh, locks):
+        if len(mine) < size and _claim(lk):
+            mine.append((s, lk))
+    if len(mine) < 2:
+        for _, lk in mine:
+            os.remove(lk)
+        return [(_one(specs[0], study, records, chosen, False, log, tag), specs[0].name)]
+    group = [s for s, _ in mine]
+    try:
+        log(f"{tag} {', '.join(s.name for s in group)}: one vmapped seed group")
+        cfgs = [matrix_lib.run_config(s, study.base, chosen=chosen) for s in group]
+        seeds_lib.train_seeds_together(cfgs, [s.workdir for s in group])
+        out = []
+        for s in group:
+            rec = _record_from_folder(s, chosen, study.report_dir)
+            log(f"{tag} {s.name}: {rec['status']}, test macro-F1 (tuned) "
+                f"{rec['metrics'].get('test_tuned/macro_f1')}")
+            out.append(("diverged" if rec["status"] == "diverged" else "ran", s.name))
+        return out
+    finally:
+        for _, lk in mine:
+            os.remove(lk)
+
+
 def _wait_for_tuning(study, spec, log, tag):
     """(records, choices), after waiting while the arm's missing tuning runs are being trained by
     another live sweep process (one process per core shares one study)."""
@@ -195,9 +242,17 @@ def run_sweep(study_cfg, *, extra_overrides=(), only=(), dry_run=False, retry_di
                 f"{', '.join(ch.missing) or 'no finite score'})")
             out["blocked"].append(spec.name)
             continue
-        what = _one(spec, study, records, tuning_lib.chosen_factors(choices.values()),
-                    retry_diverged, log, tag)
-        out[what].append(spec.name)
+        chosen = tuning_lib.chosen_factors(choices.values())
+        size = int(study_cfg.get("vmap_seeds", 1))
+        if size > 1 and not spec.is_tuning and not retry_diverged:
+            whats = _group(_siblings(spec, selected), size, study, records, chosen, log,
+                           tag)
+            for w, name in whats:
+                out[w].append(name)
+            what = "ran" if {"ran", "diverged"} & {w for w, _ in whats} else whats[0][0]
+        else:
+            what = _one(spec, study, records, chosen, retry_diverged, log, tag)
+            out[what].append(spec.name)
         if what in ("ran", "diverged"):
             jax.clear_caches()  # every run compiles its own functions; do not keep them all
             trained_in_stage = True

@@ -70,6 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed_fields = DEFAULT_SEED_FIELDS  # init + dropout, data order, stochastic rounding
     c.run_dir = "runs/study_cpu"  # run folders with checkpoints (ignored by git)
     c.report_dir = "reports/study_cpu"  # records (runs/<name>.json), REPORT.md, CSV, plots
+    # Seeds of a non-tuning cell trained together as one vmapped program (sweep.py; 1 = one run
+    # per process). On CPU one process per core is faster; on a GPU set it to 3.
+    c.vmap_seeds = 1
     c.sec_per_step = 0.57  # cost model until records carry perf.train_steps_per_s
     c.overhead_s = 90.0  # per run: data build (cached tokenizer) + three evaluations + test
     return c

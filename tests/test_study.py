@@ -256,6 +256,37 @@ def test_sweep_records_skips_blocks_and_retries(tmp_path, monkeypatch):
     assert len(calls) == 5 and "E5M2__adamw_sr__s1" in records_lib.load_records(c.report_dir)
 
 
+def test_sweep_trains_seed_groups_when_configured(tmp_path, monkeypatch):
+    from altgrad_jax.train import seeds as seeds_lib
+
+    calls, groups = [], []
+    fake = _fake_train(calls)
+
+    def fake_group(configs, workdirs):
+        groups.append([c.name for c in configs])
+        return [fake(c, w) for c, w in zip(configs, workdirs)]
+
+    monkeypatch.setattr(seeds_lib, "train_seeds_together", fake_group)
+    c = _study(tmp_path, ["tune | E3M4 | adamw_sr | 0", "main | E7M0,E5M2 | adamw_sr | 1,2,3"])
+    c.tuning_factors = ("1",)
+    c.vmap_seeds = 2
+    # Another process holds E5M2 seed 2: E5M2's group is seeds 1 and 3.
+    os.makedirs(c.run_dir, exist_ok=True)
+    with open(os.path.join(c.run_dir, "E5M2__adamw_sr__s2.lock"), "w") as f:
+        f.write(str(os.getpid()))
+    from altgrad_jax.train import loop as loop_lib
+    monkeypatch.setattr(loop_lib, "train_and_evaluate", fake)
+    out = sweep.run_sweep(c, log=lambda s: None)
+    assert groups == [["E7M0__adamw_sr__s1", "E7M0__adamw_sr__s2"],
+                      ["E5M2__adamw_sr__s1", "E5M2__adamw_sr__s3"]]
+    # the tuning cell and E7M0 seed 3 (a group of one) ran alone
+    assert calls == ["E3M4__adamw_sr__s0__x1", "E7M0__adamw_sr__s1", "E7M0__adamw_sr__s2",
+                     "E7M0__adamw_sr__s3", "E5M2__adamw_sr__s1", "E5M2__adamw_sr__s3"]
+    assert "E5M2__adamw_sr__s2" in out["claimed"]
+    recs = records_lib.load_records(c.report_dir)
+    assert {n for n, r in recs.items() if r["status"] == "completed"} == set(calls)
+
+
 def test_a_claimed_cell_is_left_to_its_process(tmp_path, monkeypatch):
     from altgrad_jax.train import loop as loop_lib
 

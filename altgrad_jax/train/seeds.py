@@ -215,7 +215,7 @@ def train_seeds_together(configs: Sequence[ml_collections.ConfigDict],
             results[i] = (_read_results(r.workdir) if r.status == "diverged"
                           else loop_lib.finish_run(r))
     finally:
-        for r in runs:
+        for r in reversed(runs):  # log routing was nested run by run: undo it in reverse
             loop_lib.close_run(r)
     return results
 
