@@ -8,7 +8,10 @@ diagnostics are opt-in); the ``+diag`` rows wrap them in `with_grid_diagnostics`
 ``diagnostics=True`` to the grid optimizer), and ``amortized/50`` is a plain step with one
 diagnostics step every 50 steps, ``(49 plain + 1 diag) / 50``, as the training loop samples them. ``--donate`` donates params and state to the jitted step as the
 training step does (outputs are then written in place; without it every output is a fresh buffer,
-whose page faults dominate on CPU). Targets: every manifold_adamw mode within 1.3x of optax.adamw,
+whose page faults dominate on CPU). Beside the times it prints XLA's cost analysis of each compiled
+step (bytes accessed, flops and transcendentals per parameter, and the bytes as a ratio to
+optax.adamw): an elementwise update is memory-bound, so the bytes ratio is the floor of the time
+ratio on any machine. Targets: every manifold_adamw mode within 1.3x of optax.adamw,
 the grid optimizer within 3x. The last line is one JSON object, ``{"bench": "optim", ...}``, of the
 ratios.
 """
@@ -53,6 +56,8 @@ def _timer(tx, params, grads, donate):
         return optax.apply_updates(p, u), s
 
     step = jax.jit(step, donate_argnums=(0, 1) if donate else ())
+    cost = step.lower(params, state, grads).compile().cost_analysis()
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
     carry = step(jax.tree.map(jnp.copy, params), state, grads)  # compile + warm up
     jax.block_until_ready(carry)
     times = []
@@ -64,7 +69,8 @@ def _timer(tx, params, grads, donate):
         jax.block_until_ready(carry)
         times.append(time.perf_counter() - t0)
 
-    return once, times
+    return once, times, {k: float(cost.get(k, float("nan"))) for k in
+                         ("bytes accessed", "flops", "transcendentals")}
 
 
 def main():
@@ -99,14 +105,20 @@ def main():
           f"round-robin rounds, donate={args.donate}")
     timers = {name: _timer(tx, params, grads, args.donate) for name, tx in opts.items()}
     for _ in range(args.repeats):
-        for once, _ in timers.values():
+        for once, _, _ in timers.values():
             once()
     base = float(np.median(timers["optax.adamw"][1]))
-    ratios = {}
-    for name, (_, times) in timers.items():
+    base_cost = timers["optax.adamw"][2]
+    ratios, costs = {}, {}
+    print(f"{'':45s} {'time':>8s}   {'ratio':>5s}   XLA cost analysis, ratio to optax.adamw: "
+          "bytes accessed | flops | transcendentals (per parameter)")
+    for name, (_, times, cost) in timers.items():
         t = float(np.median(times))
         ratios[name] = t / base
-        print(f"{name:45s} {t * 1e3:8.2f} ms   {t / base:5.2f}x")
+        costs[name] = {k: cost[k] / max(base_cost[k], 1.0) for k in ("bytes accessed", "flops")}
+        print(f"{name:45s} {t * 1e3:8.2f} ms   {t / base:5.2f}x   "
+              f"{costs[name]['bytes accessed']:5.2f}x {cost['bytes accessed'] / n:6.1f} B/p | "
+              f"{cost['flops'] / n:6.1f} | {cost['transcendentals'] / n:4.1f}")
     for plain in ("manifold_adamw(update)", "grid_optimizer(stochastic)"):
         if plain in ratios and plain + "+diag" in ratios:
             amortized = (49 * ratios[plain] + ratios[plain + "+diag"]) / 50
@@ -122,6 +134,8 @@ def main():
     record = {"bench": "optim", "params_m": round(n / 1e6, 2), "donate": args.donate,
               "adamw_ms": round(base * 1e3, 2)}
     record.update({v: round(ratios[k], 3) for k, v in keys.items() if k in ratios})
+    record["bytes_ratio"] = {v: round(costs[k]["bytes accessed"], 3) for k, v in keys.items()
+                             if k in costs}
     print(json.dumps(record))
 
 if __name__ == "__main__":

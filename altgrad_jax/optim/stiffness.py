@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from altgrad_jax.optim import _util
+from altgrad_jax.optim import _fast, _util
 from altgrad_jax.quant import exp2_int
 
 
@@ -115,10 +116,15 @@ def scale_by_stiffness(mantissa_bits: int | None = None, formats: _util.FormatsS
                 continue
             fixed = (2.0 ** (fmt.emin - fmt.mantissa_bits) if mantissa_bits is None
                      and fmt is not None and fmt.exponent_bits == 0 else None)
-            s, clamped = stiffness(w, m, max_stiffness, fixed_step=fixed)
+            s, _ = stiffness(w, m, max_stiffness, fixed_step=fixed)
             out.append((g.astype(jnp.float32) * s).astype(g.dtype))
-            s_sum = s_sum + jnp.sum(s)
-            c_sum = c_sum + jnp.sum(clamped.astype(jnp.float32))
+            # The statistics recompute S inside one fused pass over w (`_fast`): a plain
+            # jnp.sum(s) made XLA:CPU write S and the clamp mask to full-size buffers first.
+            stiff = functools.partial(stiffness, mantissa_bits=m, max_stiffness=max_stiffness,
+                                      fixed_step=fixed)
+            s_sum = s_sum + _fast.fold_sum(lambda a: stiff(a)[0], w)
+            c_sum = c_sum + _fast.fold_counts(lambda a: (stiff(a)[1],), w)[0].astype(
+                jnp.float32)
         denom = jnp.float32(max(n, 1))
         new_state = ScaleByStiffnessState(stiffness_mean=s_sum / denom,
                                           stiffness_clamped_frac=c_sum / denom)
