@@ -292,3 +292,28 @@ def test_report_from_records_alone(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert open(os.path.join(d, "REPORT.md")).read().split("\n\n")[1] == first
+
+
+def test_report_flags_a_tuning_choice_at_the_edge_and_old_dropout_masks(tmp_path):
+    """The chosen factor of ulp_sr (x3) is the largest tried: flagged; adamw_sr's (x1) is inside
+    the bracket: not flagged. A record without code facts predates the counter-based dropout."""
+    recs = []
+    for arm, best in (("ulp_sr", "3"), ("adamw_sr", "1")):
+        for factor in ("1/3", "1", "3"):
+            r = _rec("E3M4", arm, 0, None, factor=factor)
+            r["stage"], r["metrics"] = "tune", {"eval_tuned/macro_f1": 0.7 if factor == best
+                                                else 0.6}
+            r["code"] = {"dropout_impl": "hash"}
+            recs.append(r)
+    del recs[0]["code"]  # E3M4 ulp_sr x1/3: written before records carried code facts
+    d = str(tmp_path / "study")
+    for r in recs:
+        records_lib.write_record(d, r)
+    with open(os.path.join(d, "plan.json"), "w") as f:
+        json.dump({"study": "t", "cells": [], "chosen": {"ulp_sr": "3", "adamw_sr": "1"}}, f)
+    text = open(report_lib.write_report(d, plots=False)).read()
+    edge = [ln for ln in text.splitlines() if ln.startswith("**At the edge of the bracket**")]
+    assert len(edge) == 1 and edge[0].endswith(": ulp_sr x3.")
+    masks = [ln for ln in text.splitlines() if ln.startswith("- Dropout masks:")]
+    assert len(masks) == 1 and "`E3M4__ulp_sr__s0__x1o3`" in masks[0]
+    assert "outside the test analysis" in masks[0] and "adamw_sr" not in masks[0]

@@ -105,6 +105,14 @@ def mechanism_summary(rows: list[dict], key: str) -> dict | None:
             "last": pts[-1][1], "n": len(pts), "series": thin(pts, SERIES_POINTS)}
 
 
+def code_facts(workdir: str) -> dict:
+    """What the run's code did that its config does not otherwise show: the dropout masks
+    (``model.dropout_impl``; a config.json without the field predates it: threefry)."""
+    path = os.path.join(workdir, "config.json")
+    cfg = read_json(path) if os.path.exists(path) else {}
+    return {"dropout_impl": str((cfg.get("model") or {}).get("dropout_impl", "threefry"))}
+
+
 def make_record(spec, workdir: str, *, applied: dict | None = None) -> dict:
     """The compact record of the run of ``spec`` in ``workdir`` (see the module docstring).
 
@@ -125,6 +133,7 @@ def make_record(spec, workdir: str, *, applied: dict | None = None) -> dict:
     metrics = {k: float(v) for g in _GROUPS for k, v in (res.get(g) or {}).items()
                if _num(v) is not None}
     rec = {"version": 1, **spec.to_dict(), "applied": dict(applied or {}),
+           "code": code_facts(workdir),
            "status": str(res.get("status", "unknown")), "step": res.get("step"),
            "reason": str(res.get("reason", "") or ""),
            "dataset": (res.get("data_info") or {}).get("dataset") or res.get("dataset"),

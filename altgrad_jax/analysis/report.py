@@ -14,6 +14,7 @@ Command line (trains nothing)::
 
 from __future__ import annotations
 
+import fractions
 import math
 import os
 from collections.abc import Sequence
@@ -215,8 +216,40 @@ def _tuning(recs, plan) -> list[str]:
     chosen = (plan or {}).get("chosen", {})
     lines = _table(["arm", "format", "factor", "field", "value", "val macro-F1 (tuned thr.)"],
                    rows)
-    return lines + ["", "Chosen factors: " + (", ".join(f"{k} x{v}" for k, v in chosen.items())
-                                              or "none yet") + "."]
+    lines += ["", "Chosen factors: " + (", ".join(f"{k} x{v}" for k, v in chosen.items())
+                                        or "none yet") + "."]
+    edges = _bracket_edges(recs, chosen)
+    if edges:
+        lines += ["", "**At the edge of the bracket** (the best factor is the largest or smallest "
+                  "tried, so the arm's optimum may lie outside it and the arm may be "
+                  "under-tuned relative to the others): " + ", ".join(edges) + "."]
+    return lines
+
+
+def _code_caveats(recs) -> tuple[str, ...]:
+    """Caveats read from the records' ``code`` facts (what changed between stretches)."""
+    old = sorted(r["name"] for r in recs
+                 if (r.get("code") or {}).get("dropout_impl", "threefry") == "threefry")
+    if not old or len(old) == len(recs):
+        return ()
+    return (f"Dropout masks: {', '.join(f'`{n}`' for n in old)} trained with threefry masks "
+            "(`flax.linen.Dropout`), every other run with the counter-based masks "
+            "(`model.dropout_impl='hash'`, 1.2x faster): the same Bernoulli distribution, a "
+            "different random stream. "
+            + ("All of them are tuning runs (seed 0), outside the test analysis."
+               if all(r.get("seed") == 0 for r in recs if r["name"] in old) else
+               "Some are test-set runs: compare them with care."),)
+
+
+def _bracket_edges(recs, chosen: dict) -> list[str]:
+    """``"<arm> x<factor>"`` for each chosen factor that is the smallest or largest tried."""
+    out = []
+    for arm, factor in chosen.items():
+        tried = {r["factor"] for r in recs if r.get("arm") == arm and r.get("factor")}
+        values = sorted(tried, key=lambda f: float(fractions.Fraction(f)))
+        if len(values) > 1 and factor in (values[0], values[-1]):
+            out.append(f"{arm} x{factor}")
+    return out
 
 
 def _status(all_recs, plan) -> tuple[list[str], int, int]:
@@ -286,7 +319,7 @@ def write_report(report_dir: str, *, plots: bool = True, n_boot: int = 2000) -> 
                      for f in ("none", "BF16") for arm in ("adamw",) + PRIMARY_ARMS
                      if any(r["format"] == f and r["arm"] == arm for r in test_recs)]) + [""]
     lines += ["## Tuning (seed 0)", ""] + _tuning(recs, plan) + [""]
-    lines += ["## Caveats", ""] + [f"- {c}" for c in CAVEATS] + [""]
+    lines += ["## Caveats", ""] + [f"- {c}" for c in CAVEATS + _code_caveats(recs)] + [""]
     rows = [{"name": r["name"], "stage": r.get("stage"), "format": r["format"], "arm": r["arm"],
              "regime": r.get("regime"), "seed": r["seed"], "factor": r.get("factor"),
              "status": r.get("status"), "step": r.get("step"), "dataset": r.get("dataset"),
