@@ -40,7 +40,7 @@ import numpy as np
 from altgrad_jax import parallel
 from altgrad_jax.train import loop as loop_lib
 from altgrad_jax.train import periodic
-from altgrad_jax.train.results import completed_results
+from altgrad_jax.train.results import _flatten, completed_results
 
 SEED_FIELDS = ("train.seed", "data.seed", "optimizer.seed")  # what distinguishes two seeds
 
@@ -92,10 +92,11 @@ def _check_group(configs: Sequence[ml_collections.ConfigDict]) -> None:
         d.name = ""
         return d.to_dict()
 
-    first = program(configs[0])
+    first = _flatten(program(configs[0]))
     for c in configs[1:]:
-        if program(c) != first:
-            diff = sorted(k for k in _flat(program(c)) if _flat(program(c))[k] != _flat(first).get(k))
+        this = _flatten(program(c))
+        if this != first:
+            diff = sorted(k for k in set(this) | set(first) if this.get(k) != first.get(k))
             raise ValueError(f"configs of one seed group may differ only in {SEED_FIELDS} and "
                              f"name; {c.name} also differs in {diff[:5]}")
     c = configs[0]
@@ -105,16 +106,6 @@ def _check_group(configs: Sequence[ml_collections.ConfigDict]) -> None:
     if int(c.mesh.data) != 1 and jax.device_count() > 1:
         raise ValueError("mesh.vmap_seeds > 1 runs the seed group on one device; set mesh.data=1 "
                          "(or mesh.vmap_seeds=1 to shard one run over the devices)")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 class _Group:
