@@ -12,7 +12,8 @@ plots/*.png in reports/study_cpu; checkpoints in runs/study_cpu/<name> (ignored)
 Scale: 2 layers, d=128, length 128, batch 32, 1,000 steps, validation at steps 340, 680 and 1,000,
 rank health every 250 steps, diagnostics every 50 (DESIGN.md 5b: ~0.57 s/step per run with one
 run per core, ~90 s of data build and evaluation per run). The seeds' full scale (6 layers,
-d=384, length 512) is ~40x the FLOPs per step and out of reach on CPU.
+d=384, length 512) is 108x the FLOPs per step (XLA cost analysis: 1,314 vs 12.2 GFLOP) and out of
+reach on CPU.
 
 Stages, in run order, so that an interrupted study answers the primary contrast first:
   tune_primary  the primary arms, c (or the lr) x {1/3, 1, 3}, seed 0, E3M4 and E6M1;

@@ -306,6 +306,8 @@ def test_report_flags_a_tuning_choice_at_the_edge_and_old_dropout_masks(tmp_path
             r["code"] = {"dropout_impl": "hash"}
             recs.append(r)
     del recs[0]["code"]  # E3M4 ulp_sr x1/3: written before records carried code facts
+    recs[1]["perf"] = {"train_steps_per_s": 2.0, "wall_time_s": 600.0}
+    recs[2]["perf"] = {"train_steps_per_s": 1.0, "wall_time_s": 1200.0}
     d = str(tmp_path / "study")
     for r in recs:
         records_lib.write_record(d, r)
@@ -317,3 +319,7 @@ def test_report_flags_a_tuning_choice_at_the_edge_and_old_dropout_masks(tmp_path
     masks = [ln for ln in text.splitlines() if ln.startswith("- Dropout masks:")]
     assert len(masks) == 1 and "`E3M4__ulp_sr__s0__x1o3`" in masks[0]
     assert "outside the test analysis" in masks[0] and "adamw_sr" not in masks[0]
+    cost = text[text.index("## Cost"):text.index("## Caveats")]
+    # median of 1/2 and 1/1 s per step = 0.75; mean wall (600 + 1200) / 2 s = 15 min; 0.5 h
+    assert "2 completed runs: median 0.75 s per training step" in cost
+    assert "mean wall time 15.0 min per run" in cost and "0.5 core-hours in all" in cost
