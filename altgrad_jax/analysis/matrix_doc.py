@@ -2,8 +2,8 @@
 
 Contents: every registered format with its range and specials (`altgrad_jax.formats`), the arms
 (`altgrad_jax.analysis.matrix.ARMS`), the layer-monitoring thresholds (the ``diag`` and
-``stability`` fields of ``configs/default.py``), and the study's cells planned and run (its
-config and records). Deterministic: no timestamps, so an unchanged registry regenerates the same
+``stability`` fields of ``configs/default.py``), and the study's planned cells (its config; not
+its records, so committing a record never makes the file stale). Deterministic: no timestamps, so an unchanged registry regenerates the same
 file byte for byte.
 
 Command::
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from altgrad_jax.analysis import cost as cost_lib
 from altgrad_jax.analysis.matrix import ARMS
 from altgrad_jax.analysis.overrides import load_config_file
 from altgrad_jax.formats import BUILTIN_FORMATS, get_format
@@ -54,20 +53,16 @@ def _thresholds(default_config: str) -> list[str]:
 
 
 def _cells(study) -> list[str]:
-    records = study.records()
-    choices = study.choices(records)
-    states = {s.name: cost_lib.cell_state(s, records, choices) for s in study.specs}
+    """The planned cells per stage. What has run is not here (it changes with every committed
+    record): see the report's Status section or ``sweep.py --dry_run``."""
     rows = []
     for stage in dict.fromkeys(s.stage for s in study.specs):
         specs = [s for s in study.specs if s.stage == stage]
-        done = sum(states[s.name] == "done" for s in specs)
-        div = sum(states[s.name] == "diverged" for s in specs)
         rows.append([stage, ", ".join(dict.fromkeys(s.format for s in specs)),
                      ", ".join(dict.fromkeys(s.arm for s in specs)),
                      ", ".join(str(x) for x in dict.fromkeys(s.seed for s in specs)),
-                     len(specs), done, div, len(specs) - done - div])
-    return _table(["stage", "formats", "arms", "seeds", "planned", "completed", "diverged",
-                   "to do"], rows)
+                     len(specs)])
+    return _table(["stage", "formats", "arms", "seeds", "cells"], rows)
 
 
 def render(study_config: str, default_config: str = "configs/default.py") -> str:
@@ -84,8 +79,10 @@ def render(study_config: str, default_config: str = "configs/default.py") -> str
                            "Regime a: float32 masters, quantized forward; regime b: weights "
                            "stored on their grid. FP32 reference: format `none` + `adamw`.", ""]
     lines += _arms() + ["", "## Layer-monitoring thresholds", ""] + _thresholds(default_config)
-    lines += ["", f"## Cells of `{study_config}` (planned and run)", "",
-              f"Records: `{study.report_dir}/runs/`.", ""] + _cells(study) + [""]
+    lines += ["", f"## Cells of `{study_config}` (planned)", "",
+              f"Records: `{study.report_dir}/runs/`; which cells have run: the Status section of "
+              f"`{study.report_dir}/REPORT.md`, or `python sweep.py --config={study_config} "
+              "--dry_run`.", ""] + _cells(study) + [""]
     return "\n".join(lines)
 
 
