@@ -49,6 +49,9 @@ def main(argv):
         return  # process 0 draws the curves and prints the result
     for results in all_results:
         _say_done(results)
+    diverged = [r["workdir"] for r in all_results if r.get("status") == "diverged"]
+    if diverged:  # a seed group finishes its other seeds first; the exit status still says it
+        sys.exit(f"training diverged: {', '.join(diverged)} (see failure_report.md there)")
 
 
 def _train(config, workdir):
