@@ -206,6 +206,16 @@ def _wait_for_tuning(study, spec, log, tag):
         time.sleep(WAIT_POLL_S)
 
 
+def _next_cell(study, only, visited):
+    """(the first cell of the plan in run order not yet visited by this process, the selected
+    cells), from the current records: a tuning cell added by the bracket-extension rule is
+    visited in its place, before the later cells that wait for it."""
+    from altgrad_jax.analysis import matrix as matrix_lib
+
+    selected = matrix_lib.select(study.refresh(), only)
+    return next((s for s in selected if s.name not in visited), None), selected
+
+
 def run_sweep(study_cfg, *, extra_overrides=(), only=(), dry_run=False, retry_diverged=False,
               log=print) -> dict:
     """Plans and runs (sequentially, in this process) a study.
@@ -231,9 +241,13 @@ def run_sweep(study_cfg, *, extra_overrides=(), only=(), dry_run=False, retry_di
         return out
     import jax
 
-    trained_in_stage = False
-    for i, spec in enumerate(selected, start=1):
-        tag = f"[{i}/{len(selected)}]"
+    trained_in_stage, visited = False, set()
+    while True:
+        spec, selected = _next_cell(study, only, visited)
+        if spec is None:
+            break
+        visited.add(spec.name)
+        tag = f"[{len(visited)}/{len(selected)}]"
         records, choices = _wait_for_tuning(study, spec, log, tag)
         study_lib.write_plan(study, choices)
         ch = choices.get(spec.arm)
@@ -256,10 +270,11 @@ def run_sweep(study_cfg, *, extra_overrides=(), only=(), dry_run=False, retry_di
         if what in ("ran", "diverged"):
             jax.clear_caches()  # every run compiles its own functions; do not keep them all
             trained_in_stage = True
-        last_of_stage = i == len(selected) or selected[i].stage != spec.stage
-        if last_of_stage and trained_in_stage:  # the report after every stage that trained
-            _rebuild_report(study, log)
+        following, _ = _next_cell(study, only, visited)
+        if trained_in_stage and (following is None or following.stage != spec.stage):
+            _rebuild_report(study, log)  # the report after every stage that trained
             trained_in_stage = False
+    out["planned"] = len(study.specs)
     study_lib.write_plan(study, study.choices())
     out["report"] = _rebuild_report(study, log)
     log(f"report: {out['report']}")

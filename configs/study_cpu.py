@@ -27,7 +27,9 @@ Stages, in run order, so that an interrupted study answers the primary contrast 
   per_tensor    tensor_sr and grid on E0M7, E4M3, E7M0.
 Seed 0 is the tuning seed and never enters the test analysis. The factor chosen per arm (the best
 mean validation macro-F1 at the tuned threshold over the tuning formats) is read from the tuning
-records and applied to the arm's later cells automatically.
+records and applied to the arm's later cells automatically. A best factor at the edge of the
+bracket extends it (``tuning_extensions``: 3 -> 9 -> 27, or 1/3 -> 1/9 -> 1/27), so that no
+control is compared under-tuned; the added cells run before any later cell of the arm.
 """
 
 import ml_collections
@@ -67,6 +69,10 @@ def get_config() -> ml_collections.ConfigDict:
         "per_tensor | E0M7,E4M3,E7M0 | tensor_sr,grid | 1,2,3",
     )
     c.tuning_factors = DEFAULT_FACTORS  # multiples of each arm's base lr (or c) tried
+    # An arm whose best factor sits at an edge of the bracket gets one more factor beyond it
+    # (3 -> 9, 1/3 -> 1/9) on the tuning formats, at most this many more (fifth stretch: the
+    # first tuning records put adamw_rtn's best at x3, the largest factor tried).
+    c.tuning_extensions = 2
     c.tuning_metric = "eval_tuned/macro_f1"  # validation macro-F1 at the tuned threshold
     c.seed_fields = DEFAULT_SEED_FIELDS  # init + dropout, data order, stochastic rounding
     c.run_dir = "runs/study_cpu"  # run folders with checkpoints (ignored by git)

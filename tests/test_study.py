@@ -38,6 +38,7 @@ def _study(tmp_path, stages, base="configs/smoke.py", overrides=()):
     c.overrides = tuple(overrides)
     c.run_dir = str(tmp_path / "runs")
     c.report_dir = str(tmp_path / "report")
+    c.tuning_extensions = 0  # the bracket extension has its own tests
     return c
 
 
@@ -169,6 +170,72 @@ def test_tuning_choice_is_applied_to_later_cells(tmp_path):
     tie = {n: dict(r, metrics={"eval_tuned/macro_f1": 0.5}) for n, r in recs.items()}
     tie = {n: dict(r, status="completed") for n, r in tie.items()}
     assert study.choices(tie)["adamw_sr"].factor == "1"
+
+
+def test_bracket_extends_at_an_edge_until_the_best_is_inside(tmp_path):
+    """A best factor at the edge of the bracket adds the next factor on every tuning format,
+    placed after the arm's tuning cells; the later cells wait for it; the rule stops when the
+    best is inside the bracket or the extension budget is spent."""
+    c = _study(tmp_path, ["tune | E3M4,E6M1 | adamw_rtn,ulp_sr | 0", "main | E4M3 | adamw_rtn | 1"])
+    c.tuning_extensions = 2
+    study = study_lib.open_study(c)
+    assert [s.name for s in study.specs] == [s.name for s in study.planned]  # no records yet
+    # validation F1 rising with the lr for adamw_rtn (peak at x9), peaked at x1 for ulp_sr
+    f1 = {"adamw_rtn": {"1/3": 0.50, "1": 0.60, "3": 0.70, "9": 0.72, "27": 0.65},
+          "ulp_sr": {"1/3": 0.60, "1": 0.65, "3": 0.55}}
+    recs = {s.name: _record(s, score=f1[s.arm][s.factor]) for s in study.planned if s.is_tuning}
+    ch = study.choices(recs)
+    assert ch["ulp_sr"].status == "chosen" and ch["ulp_sr"].factor == "1"
+    assert ch["adamw_rtn"].status == "pending"
+    assert ch["adamw_rtn"].missing == ("E3M4__adamw_rtn__s0__x9", "E6M1__adamw_rtn__s0__x9")
+    names = [s.name for s in study.specs]
+    # the added cells follow the arm's last tuning cell, before any later cell
+    at = names.index("E6M1__adamw_rtn__s0__x3")
+    assert names[at + 1:at + 3] == ["E3M4__adamw_rtn__s0__x9", "E6M1__adamw_rtn__s0__x9"]
+    assert names.index("E6M1__adamw_rtn__s0__x9") < names.index("E4M3__adamw_rtn__s1")
+    x9 = [s for s in study.specs if s.factor == "9"]
+    assert {s.format for s in x9} == {"E3M4", "E6M1"} and all(s.stage == "tune" for s in x9)
+    assert matrix_lib.run_config(x9[0], study.base).optimizer.learning_rate == pytest.approx(9e-3)
+    assert x9[0].workdir == os.path.join(c.run_dir, "E3M4__adamw_rtn__s0__x9")
+    for s in x9:
+        recs[s.name] = _record(s, score=f1[s.arm][s.factor])
+    ch = study.choices(recs)  # x9 best and again at the edge: x27 added
+    assert ch["adamw_rtn"].missing == ("E3M4__adamw_rtn__s0__x27", "E6M1__adamw_rtn__s0__x27")
+    for s in study.specs:
+        if s.factor == "27":
+            recs[s.name] = _record(s, score=f1[s.arm][s.factor])
+    ch = study.choices(recs)  # x9 is inside {.., 9, 27}: chosen, nothing more added
+    assert ch["adamw_rtn"].status == "chosen" and ch["adamw_rtn"].factor == "9"
+    assert len(study.specs) == len(study.planned) + 4
+    # the budget: with one extension allowed, x9 is chosen at the edge and nothing more added
+    c.tuning_extensions = 1
+    ch = study_lib.open_study(c).choices(recs)
+    assert ch["adamw_rtn"].factor == "9" and ch["adamw_rtn"].status == "chosen"
+    assert tuning_lib.next_factor(["1/3", "1", "3"], "1/3") == "1/9"
+    assert tuning_lib.next_factor(["1"], "1") is None  # one factor: no step to continue
+    # TEST_MATRIX.md lists the planned cells only (extensions depend on records)
+    assert len(study_lib.open_study(c).planned) == len(study.planned)
+
+
+def test_sweep_runs_the_added_tuning_cells_before_the_arms_later_cells(tmp_path, monkeypatch):
+    from altgrad_jax.train import loop as loop_lib
+
+    calls = []
+    monkeypatch.setattr(loop_lib, "train_and_evaluate", _fake_train(calls))
+    monkeypatch.setattr(sweep, "_rebuild_report", lambda study, log: None)  # not under test
+    c = _study(tmp_path, ["tune | E3M4 | adamw_sr | 0", "main | E5M2 | adamw_sr | 1"])
+    c.tuning_factors = ("1", "3")
+    c.tuning_extensions = 1  # the fake's validation F1 grows with the lr: x3, then x9 wins
+    out = sweep.run_sweep(c, log=lambda s: None)
+    assert calls == ["E3M4__adamw_sr__s0__x1", "E3M4__adamw_sr__s0__x3", "E3M4__adamw_sr__s0__x9",
+                     "E5M2__adamw_sr__s1"]
+    assert out["planned"] == 4 and not out["blocked"]
+    recs = records_lib.load_records(c.report_dir)
+    assert recs["E5M2__adamw_sr__s1"]["applied"]["factor"] == "9"
+    assert recs["E5M2__adamw_sr__s1"]["applied"]["value"] == pytest.approx(9e-3)
+    plan = json.load(open(os.path.join(c.report_dir, "plan.json")))
+    assert plan["chosen"] == {"adamw_sr": "9"} and len(plan["cells"]) == 4
+    assert sweep.run_sweep(c, log=lambda s: None)["skipped"] == calls  # nothing reruns
 
 
 def test_dry_run_order_states_and_cost(tmp_path):

@@ -294,6 +294,29 @@ def expand(study_cfg: ml_collections.ConfigDict,
     return specs
 
 
+def add_tuning_factors(specs: Sequence[RunSpec], add: Mapping[str, str]) -> list[RunSpec]:
+    """``specs`` with, for each ``arm: factor`` of ``add``, one more tuning cell per (format,
+    seed) of the arm's tuning cells, at that factor, placed right after the arm's last tuning
+    cell (the bracket extension of `altgrad_jax.analysis.tuning`)."""
+    out = list(specs)
+    for arm, factor in add.items():
+        tune = [s for s in out if s.is_tuning and s.arm == arm]
+        if not tune:
+            continue
+        names = {s.name for s in out}
+        new = []
+        for s in tune:
+            name = run_name(s.format, arm, s.seed, factor)
+            if name not in names:
+                names.add(name)
+                new.append(dataclasses.replace(
+                    s, name=name, factor=str(factor),
+                    workdir=os.path.join(os.path.dirname(s.workdir), name)))
+        at = out.index(tune[-1]) + 1
+        out[at:at] = new
+    return out
+
+
 def tuned_value(spec: RunSpec, chosen: Mapping[str, str] | None) -> tuple[str, float, str]:
     """``(field, value, factor)`` the cell's tuned field gets: base x its own factor (tuning
     cells), base x the chosen factor (arms with a choice), else base x 1."""

@@ -56,13 +56,24 @@ def _cells(study) -> list[str]:
     """The planned cells per stage. What has run is not here (it changes with every committed
     record): see the report's Status section or ``sweep.py --dry_run``."""
     rows = []
-    for stage in dict.fromkeys(s.stage for s in study.specs):
-        specs = [s for s in study.specs if s.stage == stage]
+    for stage in dict.fromkeys(s.stage for s in study.planned):
+        specs = [s for s in study.planned if s.stage == stage]
         rows.append([stage, ", ".join(dict.fromkeys(s.format for s in specs)),
                      ", ".join(dict.fromkeys(s.arm for s in specs)),
                      ", ".join(str(x) for x in dict.fromkeys(s.seed for s in specs)),
                      len(specs)])
     return _table(["stage", "formats", "arms", "seeds", "cells"], rows)
+
+
+def _extension_rule(study) -> list[str]:
+    factors = ", ".join(str(f) for f in study.cfg.get("tuning_factors", ()))
+    n = int(study.cfg.get("tuning_extensions", 0))
+    if not n:
+        return [f"Tuning factors: {factors}; no bracket extension.", ""]
+    return [f"Tuning factors: {factors}. Bracket extension (`tuning_extensions={n}`): an arm "
+            "whose best factor is the largest or smallest tried gets one more factor beyond "
+            f"that edge on every tuning format, up to {n} more per arm; those cells are added "
+            "from the records and are not counted above (`altgrad_jax.analysis.tuning`).", ""]
 
 
 def render(study_config: str, default_config: str = "configs/default.py") -> str:
@@ -82,7 +93,7 @@ def render(study_config: str, default_config: str = "configs/default.py") -> str
     lines += ["", f"## Cells of `{study_config}` (planned)", "",
               f"Records: `{study.report_dir}/runs/`; which cells have run: the Status section of "
               f"`{study.report_dir}/REPORT.md`, or `python sweep.py --config={study_config} "
-              "--dry_run`.", ""] + _cells(study) + [""]
+              "--dry_run`.", ""] + _cells(study) + [""] + _extension_rule(study)
     return "\n".join(lines)
 
 

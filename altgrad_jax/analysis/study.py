@@ -27,12 +27,16 @@ class Study:
     """An expanded study.
 
     Attributes:
-      cfg: the study config; base: the base run config; specs: every cell in run order;
+      cfg: the study config; base: the base run config.
+      planned: the cells the config lists, in run order (fixed; TEST_MATRIX.md shows them).
+      specs: ``planned`` plus the tuning cells the bracket-extension rule has added from the
+        records (`altgrad_jax.analysis.tuning`); refreshed by `refresh` and `choices`.
       report_dir, run_dir: the tracked record folder and the ignored run-folder root.
     """
 
     cfg: ml_collections.ConfigDict
     base: ml_collections.ConfigDict
+    planned: list
     specs: list
     report_dir: str
     run_dir: str
@@ -41,15 +45,34 @@ class Study:
     def tuning_specs(self) -> list:
         return [s for s in self.specs if s.is_tuning]
 
+    @property
+    def metric(self) -> str:
+        return str(self.cfg.get("tuning_metric", tuning_lib.DEFAULT_METRIC))
+
     def records(self) -> dict[str, dict]:
         return load_records(self.report_dir)
 
-    def choices(self, records: dict | None = None) -> dict:
-        """``{arm: tuning.Choice}`` from the current records."""
+    def refresh(self, records: dict | None = None) -> list:
+        """Sets and returns ``specs``: ``planned`` with the bracket extensions the records call
+        for (each added factor waits for its runs before the rule looks again)."""
         records = self.records() if records is None else records
-        return tuning_lib.choose_factors(
-            self.tuning_specs, records,
-            metric=str(self.cfg.get("tuning_metric", tuning_lib.DEFAULT_METRIC)))
+        n_base = len(tuple(self.cfg.get("tuning_factors", matrix_lib.DEFAULT_FACTORS)))
+        max_factors = n_base + int(self.cfg.get("tuning_extensions", 0))
+        specs = list(self.planned)
+        while True:
+            add = tuning_lib.factors_to_add([s for s in specs if s.is_tuning], records,
+                                            max_factors=max_factors, metric=self.metric)
+            if not add:
+                break
+            specs = matrix_lib.add_tuning_factors(specs, add)
+        self.specs = specs
+        return specs
+
+    def choices(self, records: dict | None = None) -> dict:
+        """``{arm: tuning.Choice}`` from the current records (``specs`` refreshed first)."""
+        records = self.records() if records is None else records
+        self.refresh(records)
+        return tuning_lib.choose_factors(self.tuning_specs, records, metric=self.metric)
 
     def num_steps(self, spec) -> int:
         steps = dict(spec.overrides).get("train.num_steps", self.base.train.num_steps)
@@ -58,10 +81,17 @@ class Study:
 
 def open_study(study_cfg: ml_collections.ConfigDict, *, extra_overrides: Any = (),
                base: ml_collections.ConfigDict | None = None) -> Study:
-    """Expands ``study_cfg`` (ValueError for bad input, naming the problem)."""
+    """Expands ``study_cfg`` (ValueError for bad input, naming the problem); ``specs`` includes
+    the bracket extensions called for by the records already in ``report_dir``."""
     base = load_config_file(str(study_cfg.base_config)) if base is None else base
-    specs = matrix_lib.expand(study_cfg, base, extra_overrides=extra_overrides)
-    return Study(study_cfg, base, specs, str(study_cfg.report_dir), str(study_cfg.run_dir))
+    planned = matrix_lib.expand(study_cfg, base, extra_overrides=extra_overrides)
+    study = Study(study_cfg, base, planned, list(planned), str(study_cfg.report_dir),
+                  str(study_cfg.run_dir))
+    ext = int(study_cfg.get("tuning_extensions", 0))
+    if ext < 0:
+        raise ValueError(f"tuning_extensions must be >= 0, got {ext}")
+    study.refresh()
+    return study
 
 
 def write_plan(study: Study, choices: dict) -> str:

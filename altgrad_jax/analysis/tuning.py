@@ -9,6 +9,15 @@ one). The chosen factor is the best score; ties go to the factor nearest 1 (in l
 
 An arm's choice is *pending* until every tuning cell of the arm has a final record (completed or
 diverged), and *failed* when no factor has a finite score.
+
+Bracket extension (``tuning_extensions`` in a study config, default 0): when the chosen factor is
+the largest or the smallest tried, the arm's optimum may lie outside the bracket and the arm
+would be under-tuned against the others. The bracket is then continued geometrically one factor
+beyond that edge (after 1/3, 1, 3 a best of 3 adds 9; a best of 1/3 adds 1/9) on every tuning
+format, the choice is pending until those runs finish, and the rule applies again, at most
+``tuning_extensions`` factors per arm. The rule is fixed before any extension runs, so it is part
+of the pre-registered protocol, not a choice made after seeing the test data (tuning uses the
+validation split of seed 0 only).
 """
 
 from __future__ import annotations
@@ -81,6 +90,38 @@ def choose_factors(tuning_specs: Sequence, records: dict[str, dict], *,
         best = max(finite.items(),
                    key=lambda kv: (kv[1], -abs(math.log(float(fractions.Fraction(kv[0]))))))
         out[arm] = Choice(arm, "chosen", best[0], scores)
+    return out
+
+
+def next_factor(tried: Iterable[str], best: str) -> str | None:
+    """The factor one bracket step beyond ``best`` when it is the largest or the smallest of
+    ``tried`` (the geometric continuation: ``best**2 / neighbour``), else None.
+
+    Example:
+      >>> next_factor(["1/3", "1", "3"], "3"), next_factor(["1/3", "1", "3"], "1/3")
+      ('9', '1/9')
+      >>> next_factor(["1/3", "1", "3"], "1") is None
+      True
+    """
+    fs = sorted({fractions.Fraction(f) for f in tried})
+    b = fractions.Fraction(best)
+    if len(fs) < 2 or b not in (fs[0], fs[-1]):
+        return None
+    neighbour = fs[-2] if b == fs[-1] else fs[1]
+    return str(b * b / neighbour)
+
+
+def factors_to_add(tuning_specs: Sequence, records: dict[str, dict], *, max_factors: int,
+                   metric: str = DEFAULT_METRIC) -> dict[str, str]:
+    """``{arm: factor}`` to add to the bracket: arms whose choice is made, at an edge of the
+    factors tried, with fewer than ``max_factors`` factors tried (module docstring)."""
+    out = {}
+    for arm, ch in choose_factors(tuning_specs, records, metric=metric).items():
+        tried = {s.factor for s in tuning_specs if s.arm == arm}
+        if ch.status == "chosen" and len(tried) < max_factors:
+            nxt = next_factor(tried, ch.factor)
+            if nxt is not None and nxt not in tried:
+                out[arm] = nxt
     return out
 
 
