@@ -17,7 +17,8 @@ reach on CPU.
 
 Stages, in run order, so that an interrupted study answers the primary contrast first:
   tune_primary  the primary arms, c (or the lr) x {1/3, 1, 3}, seed 0, E3M4 and E6M1;
-  primary       7 distinct 8-bit formats x {adamw_rtn, adamw_sr, ulp_sr} x seeds 1-3;
+  primary       7 distinct 8-bit formats x {adamw_rtn, adamw_sr, ulp_sr} x seeds 1-3, seed by
+                seed (``seed_blocks``: all 21 cells of seed 1 first);
   tune_reference  AdamW's lr x {1/3, 1, 3} (regime a), seed 0, E3M4 and E6M1 (moved out of
                 tune_primary in the fourth stretch: it gates no primary cell);
   reference     FP32 AdamW; BF16 x the primary arms;
@@ -73,6 +74,11 @@ def get_config() -> ml_collections.ConfigDict:
     # (3 -> 9, 1/3 -> 1/9) on the tuning formats, at most this many more (fifth stretch: the
     # first tuning records put adamw_rtn's best at x3, the largest factor tried).
     c.tuning_extensions = 2
+    # Non-tuning stages run seed by seed (every format x arm of seed 1, then seed 2, ...): an
+    # interrupted stage covers every format evenly, and drift between stretches of work falls
+    # across seeds (blocks in the analysis), not across formats. Fifth stretch, before any
+    # primary cell ran.
+    c.seed_blocks = True
     c.tuning_metric = "eval_tuned/macro_f1"  # validation macro-F1 at the tuned threshold
     c.seed_fields = DEFAULT_SEED_FIELDS  # init + dropout, data order, stochastic rounding
     c.run_dir = "runs/study_cpu"  # run folders with checkpoints (ignored by git)

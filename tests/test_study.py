@@ -39,6 +39,7 @@ def _study(tmp_path, stages, base="configs/smoke.py", overrides=()):
     c.run_dir = str(tmp_path / "runs")
     c.report_dir = str(tmp_path / "report")
     c.tuning_extensions = 0  # the bracket extension has its own tests
+    c.seed_blocks = False  # so has the seed-block order
     return c
 
 
@@ -106,6 +107,14 @@ def test_study_cpu_cells_in_run_order():
     assert before == set(matrix_lib.PRIMARY_ARMS)
     assert names[:3] == ["E3M4__adamw_rtn__s0__x1o3", "E3M4__adamw_rtn__s0__x1",
                          "E3M4__adamw_rtn__s0__x3"]
+    # seed blocks: all 21 primary cells of seed 1, then seed 2, then seed 3
+    assert [s.seed for s in prim] == [1] * 21 + [2] * 21 + [3] * 21
+    assert [(s.format, s.arm) for s in prim[:21]] == [(s.format, s.arm) for s in prim[21:42]]
+    assert prim[0].name == "E0M7__adamw_rtn__s1" and prim[1].name == "E0M7__adamw_sr__s1"
+    assert prim[3].name == "E2M5__adamw_rtn__s1"
+    cfg.seed_blocks = False  # cell order: format, arm, seed
+    assert [s.name for s in matrix_lib.expand(cfg) if s.stage == "primary"][:2] == [
+        "E0M7__adamw_rtn__s1", "E0M7__adamw_rtn__s2"]
     seeds12 = {(s.format, s.arm) for s in specs if s.stage == "seeds12"}
     assert len(seeds12) == 12 and all(matrix_lib.ARMS[a].regime == "a" for _, a in seeds12)
     cfg_run = matrix_lib.run_config(prim[0])

@@ -249,6 +249,12 @@ def expand(study_cfg: ml_collections.ConfigDict,
     """Every cell of a study, in run order (stage by stage; in a stage formats, arms, seeds,
     factors). A cell listed again by a later stage keeps its first place.
 
+    With ``seed_blocks`` set in the study config, a non-tuning stage runs seed by seed: every
+    format x arm of the first seed, then of the next (each seed a complete replicate block).
+    An interrupted stage then covers every format evenly, and whatever drifts between stretches
+    of work (machine load, a code fix) falls across seeds, which the analysis models as blocks,
+    instead of across formats.
+
     Args:
       study_cfg: a config like ``configs/study_cpu.py`` (``base_config``, ``overrides``,
         ``stages``, ``run_dir``, ``tuning_factors``; ``seed_fields`` optional).
@@ -276,21 +282,24 @@ def expand(study_cfg: ml_collections.ConfigDict,
         for key in ARMS[a].overrides:
             lookup(probe, key, f"arm {a!r}")
     seed_fields = tuple(study_cfg.get("seed_fields", DEFAULT_SEED_FIELDS))
+    blocks = bool(study_cfg.get("seed_blocks", False))
     specs, seen = [], set()
     for st in stages:
-        for f in st.formats:
-            for a in st.arms:
-                for s in st.seeds:
-                    for fac in (factors if st.is_tuning else (None,)):
-                        name = run_name(f, a, s, fac)
-                        if name in seen:
-                            continue
-                        seen.add(name)
-                        specs.append(RunSpec(
-                            name=name, stage=st.name, format=str(f), arm=a, seed=int(s),
-                            factor=fac, workdir=os.path.join(str(study_cfg.run_dir), name),
-                            base_config=base_path, seed_fields=seed_fields,
-                            overrides=tuple(user) + tuple(ARMS[a].overrides.items())))
+        if blocks and not st.is_tuning:
+            cells = [(f, a, s) for s in st.seeds for f in st.formats for a in st.arms]
+        else:
+            cells = [(f, a, s) for f in st.formats for a in st.arms for s in st.seeds]
+        for f, a, s in cells:
+            for fac in (factors if st.is_tuning else (None,)):
+                name = run_name(f, a, s, fac)
+                if name in seen:
+                    continue
+                seen.add(name)
+                specs.append(RunSpec(
+                    name=name, stage=st.name, format=str(f), arm=a, seed=int(s), factor=fac,
+                    workdir=os.path.join(str(study_cfg.run_dir), name), base_config=base_path,
+                    seed_fields=seed_fields,
+                    overrides=tuple(user) + tuple(ARMS[a].overrides.items())))
     return specs
 
 
