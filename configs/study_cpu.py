@@ -79,6 +79,23 @@ def get_config() -> ml_collections.ConfigDict:
     # across seeds (blocks in the analysis), not across formats. Fifth stretch, before any
     # primary cell ran.
     c.seed_blocks = True
+    # Changes to the protocol after the first cell ran (REPORT.md lists them): what changed,
+    # when, and which cells had run.
+    c.amendments = (
+        "Fourth stretch, after 2 of the tuning runs (`E3M4__adamw_rtn__s0__x1o3`, `__x1`): "
+        "dropout masks from counter-based hash bits instead of threefry (`model.dropout_impl`): "
+        "the same Bernoulli(0.9) keep mask, a different random stream, 1.2x faster steps. Both "
+        "runs are tuning runs (seed 0); every later run uses the new masks.",
+        "Fourth stretch, before any run of the stages concerned: AdamW's regime-(a) tuning "
+        "moved from before the primary stage to after it (`tune_reference`); it gates no "
+        "primary cell.",
+        "Fifth stretch, after 16 of the 18 tuning runs of `tune_primary` and before any "
+        "primary cell: bracket extension (`tuning_extensions=2`). adamw_rtn's best learning "
+        "rate was x3, the largest factor tried, so the control could enter the contrast "
+        "under-tuned; its x9 cells were added (and x27 if x9 is best again).",
+        "Fifth stretch, before any primary cell: non-tuning stages run seed by seed "
+        "(`seed_blocks`), so an interrupted stage covers every format evenly.",
+    )
     c.tuning_metric = "eval_tuned/macro_f1"  # validation macro-F1 at the tuned threshold
     c.seed_fields = DEFAULT_SEED_FIELDS  # init + dropout, data order, stochastic rounding
     c.run_dir = "runs/study_cpu"  # run folders with checkpoints (ignored by git)

@@ -312,8 +312,11 @@ def test_report_flags_a_tuning_choice_at_the_edge_and_old_dropout_masks(tmp_path
     for r in recs:
         records_lib.write_record(d, r)
     with open(os.path.join(d, "plan.json"), "w") as f:
-        json.dump({"study": "t", "cells": [], "chosen": {"ulp_sr": "3", "adamw_sr": "1"}}, f)
+        json.dump({"study": "t", "cells": [], "chosen": {"ulp_sr": "3", "adamw_sr": "1"},
+                   "config": {"amendments": ["masks changed", "bracket extended"]}}, f)
     text = open(report_lib.write_report(d, plots=False)).read()
+    amend = text[text.index("## Protocol amendments"):text.index("## Cost")]
+    assert "1. masks changed\n2. bracket extended\n" in amend
     edge = [ln for ln in text.splitlines() if ln.startswith("**At the edge of the bracket**")]
     assert len(edge) == 1 and edge[0].endswith(": ulp_sr x3.")
     masks = [ln for ln in text.splitlines() if ln.startswith("- Dropout masks:")]

@@ -264,6 +264,18 @@ def _cost(all_recs) -> list[str]:
             "`python sweep.py --config=configs/study_cpu.py --dry_run`)."]
 
 
+def _amendments(plan) -> list[str]:
+    """The study config's ``amendments`` (changes to the protocol after the study started, each
+    saying which cells had run), as their own section; nothing when there are none."""
+    items = [str(a) for a in ((plan or {}).get("config") or {}).get("amendments") or ()]
+    if not items:
+        return []
+    return (["## Protocol amendments", "",
+             "Changes made after the first cell ran, in order, with the cells they affect "
+             "(from the study config's `amendments`):", ""]
+            + [f"{i}. {a}" for i, a in enumerate(items, start=1)] + [""])
+
+
 def _bracket_edges(recs, chosen: dict) -> list[str]:
     """``"<arm> x<factor>"`` for each chosen factor that is the smallest or largest tried."""
     out = []
@@ -342,6 +354,7 @@ def write_report(report_dir: str, *, plots: bool = True, n_boot: int = 2000) -> 
                      for f in ("none", "BF16") for arm in ("adamw",) + PRIMARY_ARMS
                      if any(r["format"] == f and r["arm"] == arm for r in test_recs)]) + [""]
     lines += ["## Tuning (seed 0)", ""] + _tuning(recs, plan) + [""]
+    lines += _amendments(plan)
     lines += ["## Cost", ""] + _cost(all_recs) + [""]
     lines += ["## Caveats", ""] + [f"- {c}" for c in CAVEATS + _code_caveats(recs)] + [""]
     rows = [{"name": r["name"], "stage": r.get("stage"), "format": r["format"], "arm": r["arm"],
