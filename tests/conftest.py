@@ -5,15 +5,28 @@
   int32 + float32) fail loudly in the numerics tests. Tests that drive third-party code which relies
   on standard promotion (Flax modules, the training loop) opt out with
   ``@pytest.mark.standard_promotion``.
+* One persistent XLA compilation cache for the whole session (a fresh temporary folder, shared
+  with the subprocesses the tests start): the smoke runs of many tests compile identical
+  programs, and a cache hit reuses the executable instead of compiling it again. An executable
+  is reused only for an identical program, so no result changes; the in-process jit cache that
+  `test_train_step_does_not_recompile` counts is a different cache.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="altgrad-jax-xla-cache-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

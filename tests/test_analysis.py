@@ -326,3 +326,32 @@ def test_report_flags_a_tuning_choice_at_the_edge_and_old_dropout_masks(tmp_path
     # median of 1/2 and 1/1 s per step = 0.75; mean wall (600 + 1200) / 2 s = 15 min; 0.5 h
     assert "2 completed runs: median 0.75 s per training step" in cost
     assert "mean wall time 15.0 min per run" in cost and "0.5 core-hours in all" in cost
+
+
+def test_rank_association_matches_a_hand_computed_spearman():
+    # ranks x 1..4, y 1,3,2,4: sum d^2 = 2, rho = 1 - 6 * 2 / (4 * 15) = 0.8
+    a = stats.rank_association({"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4},
+                               {"a": 5.0, "b": 7.0, "c": 6.0, "d": 9.0, "e": 1.0})
+    assert a.n == 4 and a.rho == pytest.approx(0.8)
+    assert stats.rank_association({"a": 1.0, "b": 2.0, "c": 3.0},
+                                  {"a": 1.0, "b": 2.0, "c": 3.0}) is None  # 3 points: none
+    nan = stats.rank_association({"a": 1, "b": 2, "c": 3, "d": 4, "e": 5},
+                                 {"a": 1, "b": 2, "c": 3, "d": 4, "e": float("nan")})
+    assert nan.n == 4 and nan.rho == pytest.approx(1.0)
+
+
+def test_report_ranks_the_benefit_against_the_controls_mechanism(tmp_path):
+    """Planted: the benefit grows across formats exactly as adamw_sr's below-half-step fraction
+    does (rho = +1) and falls as its flips do (rho = -1)."""
+    benefit = {f: 0.01 * i for i, f in enumerate(FORMATS)}
+    recs = _planted(benefit, noise=0.0005, rng_seed=3)
+    for r in recs:
+        i = FORMATS.index(r["format"])
+        r["mechanism"] = {"diag/below_half_step": {"tail": 0.5 + 0.05 * i},
+                          "diag/flips": {"tail": 100.0 - i}}
+    text = open(report_lib.write_report(_study_dir(tmp_path, recs), plots=False,
+                                        n_boot=50)).read()
+    mech = text[text.index("## Mechanism"):text.index("## The seeds")]
+    rows = [ln for ln in mech.splitlines() if ln.startswith("| diag/")]
+    assert rows[0].startswith("| diag/below_half_step | +1.00 |") and rows[0].endswith("| 7 |")
+    assert rows[1].startswith("| diag/flips | -1.00 |") and len(rows) == 2  # no other figure

@@ -176,6 +176,33 @@ def _mechanism(recs, formats, a: dict | None) -> list[str]:
     return _table(["format", "arm", *MECHANISM_KEYS, "benefit ulp_sr − adamw_sr"], rows)
 
 
+def _mechanism_link(recs, a: dict | None) -> list[str]:
+    """Per mechanism figure of the control (adamw_sr, tail mean): Spearman's rho across formats
+    against the benefit ulp_sr − adamw_sr (descriptive)."""
+    if a is None:
+        return []
+    benefit = {c.label.split(":")[0]: c.estimate for c in a["contrasts"][CONTROLS[0]]}
+    rows = []
+    for k in MECHANISM_KEYS:
+        mech = {}
+        for f in benefit:
+            s = stats.mean_ci([v for r in recs if r["format"] == f and r["arm"] == CONTROLS[0]
+                               and (v := value(r, f"mech/{k}/"
+                                                  f"{'last' if k.startswith('rank') else 'tail'}"))
+                               is not None])
+            mech[f] = s.mean if s.n else None
+        assoc = stats.rank_association(benefit, mech)
+        if assoc is not None:
+            rows.append([k, f"{assoc.rho:+.2f}", f"{assoc.p:.3g}", assoc.n])
+    if not rows:
+        return ["Rank association with the benefit: needs at least 4 formats with the benefit "
+                "and the figure.", ""]
+    return (["Across formats, the benefit (ulp_sr − adamw_sr) against each figure of the "
+             f"control {CONTROLS[0]} (Spearman's rho, two-sided p; one point per format, "
+             "descriptive, no multiplicity correction):", ""]
+            + _table(["adamw_sr figure", "rho", "p", "formats"], rows) + [""])
+
+
 def _seeds12(recs) -> list[str]:
     fm = _order(r["format"] for r in recs if ARMS[r["arm"]].regime == "a" and r["format"] != "none"
                 and r["arm"] in ("adamw", "manifold_gradient"))
@@ -345,7 +372,7 @@ def write_report(report_dir: str, *, plots: bool = True, n_boot: int = 2000) -> 
     lines += ["## Mechanism (tail mean over the last 20% of diagnostics steps; rank: last)", "",
               "Fraction of updates below half a grid step, mean |grid steps| moved per updated "
               "coordinate, stall ratio, flips and updates per diagnostics step, effective rank.",
-              ""] + _mechanism(test_recs, fmts, a) + [""]
+              ""] + _mechanism(test_recs, fmts, a) + [""] + _mechanism_link(test_recs, a)
     lines += ["## The seeds' 12 conditions (regime a)", ""] + _seeds12(test_recs) + [""]
     lines += ["## E1M6 next to E0M7", ""] + _e1m6(recs) + [""]
     lines += ["## References (FP32, BF16)", ""]

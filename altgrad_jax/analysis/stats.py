@@ -236,3 +236,29 @@ def gap_closed(cell_means: dict, fp32: float, baseline: str = "adamw_rtn") -> di
 def cell_means(df: pd.DataFrame) -> dict:
     """``{(format, arm): mean y}``."""
     return {k: float(v) for k, v in df.groupby(["format", "arm"])["y"].mean().items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Association:
+    """Spearman rank correlation across formats (descriptive: one point per format)."""
+
+    rho: float
+    p: float
+    n: int
+
+
+def rank_association(x: dict, y: dict, *, min_n: int = 4) -> Association | None:
+    """Spearman's rho (two-sided p, SciPy) between ``x[f]`` and ``y[f]`` over the keys with a
+    finite value in both; None with fewer than ``min_n`` such keys (a rank correlation of
+    three points has p >= 0.33 and says nothing).
+
+    Used for the mechanism: does the per-format benefit rank with a mechanism figure of the
+    control (e.g. the fraction of its updates below half a grid step)? With 7 formats this is
+    descriptive, not a test of the primary hypothesis.
+    """
+    keys = [k for k in x if k in y and x[k] is not None and y[k] is not None
+            and math.isfinite(x[k]) and math.isfinite(y[k])]
+    if len(keys) < min_n:
+        return None
+    res = scipy.stats.spearmanr([x[k] for k in keys], [y[k] for k in keys])
+    return Association(float(res.statistic), float(res.pvalue), len(keys))
