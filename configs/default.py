@@ -107,6 +107,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.grid_learning_rate = 1.0  # grid optimizer: peak SGD rate of quantized leaves
     #                                       (step grid_learning_rate * velocity before rounding);
     #                                       its float32 leaves get AdamW at learning_rate
+    c.optimizer.float_learning_rate = 0.0  # peak lr of the float32 leaves (embedding when not
+    #                                        quantized, head, biases, LayerNorm); 0 = learning_rate
     c.optimizer.rounding = "stochastic"  # grid / snap rounding: "stochastic" or "nearest"
     c.optimizer.seed = 0  # PRNG seed of stochastic optimizer rounding
     c.optimizer.weights_on_grid = False  # regime (b): snap params onto their grid after each update

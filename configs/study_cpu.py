@@ -95,6 +95,16 @@ def get_config() -> ml_collections.ConfigDict:
         "under-tuned; its x9 cells were added (and x27 if x9 is best again).",
         "Fifth stretch, before any primary cell: non-tuning stages run seed by seed "
         "(`seed_blocks`), so an interrupted stage covers every format evenly.",
+        "Fifth stretch, after the 20 runs of `tune_primary` and before any primary cell: the "
+        "float32 leaves (embedding, head, biases, LayerNorm) of every regime-(b) arm take AdamW "
+        "at 1e-3 (`optimizer.float_learning_rate`), so that an AdamW arm's tuned lr scales only "
+        "its quantized kernels. The tuning records showed why: in 8 bits the kernels barely "
+        "move (E6M1 adamw_rtn at x1: 3 of 393,216 kernel weights changed per diagnostics "
+        "step), so the shared lr mostly tuned the float32 leaves, and adamw_rtn's x3 gave its "
+        "float32 leaves 3x the rate of ulp_sr's. The 10 AdamW-arm tuning runs at a factor "
+        "other than 1 were superseded (records kept in `reports/study_cpu/superseded/`) and "
+        "run again; the x1 runs and every ulp_sr run are unchanged (their float32 leaves "
+        "already had 1e-3: the same program bit for bit).",
     )
     c.tuning_metric = "eval_tuned/macro_f1"  # validation macro-F1 at the tuned threshold
     c.seed_fields = DEFAULT_SEED_FIELDS  # init + dropout, data order, stochastic rounding

@@ -99,6 +99,36 @@ def test_float32_leaves_get_optax_adamw_in_manifold_arms(precondition):
         assert not np.allclose(got["dense"]["kernel"], want["dense"]["kernel"], rtol=1e-3)
 
 
+@pytest.mark.parametrize("name,extra", [
+    ("adamw", {}), ("adamw", dict(weights_on_grid=True, rounding="nearest")),
+    ("manifold_adamw", dict(precondition="update", weights_on_grid=True)),
+    ("grid", dict(grid_learning_rate=0.5))])
+def test_float_learning_rate_gives_float32_leaves_optax_adamw_at_that_rate(name, extra):
+    """lr 3x LR for the quantized leaves, float_learning_rate = LR: the float32 leaves (bias,
+    LayerNorm) follow optax.adamw at LR exactly as with lr = LR, the quantized ones do not."""
+    params = _params()
+    base, _ = _run(make_optimizer(_cfg(name=name, **extra), _FORMATS)[0], params)
+    got, _ = _run(make_optimizer(_cfg(name=name, learning_rate=3 * LR, float_learning_rate=LR,
+                                      **extra), _FORMATS)[0], params)
+    want = _adamw_ref()
+    for path in (("dense", "bias"), ("ln", "scale")):
+        _close(got[path[0]][path[1]], want[path[0]][path[1]], rtol=1e-6, atol=1e-7)
+    if name != "grid":  # the grid arm's quantized leaves take grid_learning_rate, not the lr
+        assert not np.allclose(got["dense"]["kernel"], base["dense"]["kernel"], rtol=1e-4)
+    # float_learning_rate equal to the lr: the link is left out, bit for bit the same optimizer
+    same, _ = _run(make_optimizer(_cfg(name=name, float_learning_rate=LR, **extra),
+                                  _FORMATS)[0], params)
+    jax.tree.map(np.testing.assert_array_equal, same, base)
+
+
+def test_float_learning_rate_bad_values_are_one_line_errors():
+    with pytest.raises(ValueError, match="float_learning_rate"):
+        make_optimizer(_cfg(name="adamw", float_learning_rate=-1.0), _FORMATS)
+    with pytest.raises(ValueError, match="needs learning_rate > 0"):
+        make_optimizer(_cfg(name="adamw", learning_rate=0.0, float_learning_rate=1e-3),
+                       _FORMATS)
+
+
 def test_grid_arm_float32_leaves_get_optax_adamw():
     params = _params()
     tx, _ = make_optimizer(_cfg(name="grid", grid_learning_rate=0.5), _FORMATS)

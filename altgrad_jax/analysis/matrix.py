@@ -49,8 +49,12 @@ _ADAMW = {"optimizer.name": "adamw", "optimizer.lr_units": "parameter", LR: 1e-3
 _ULP = {"optimizer.name": "manifold_adamw", "optimizer.lr_units": "parameter", LR: 1e-3, C: 1.0,
         "optimizer.weight_decay": 0.01, "optimizer.decay_mask": "ndim>=2"}
 _A = {"optimizer.weights_on_grid": False}
-_RTN = {"optimizer.weights_on_grid": True, "optimizer.rounding": "nearest"}
-_SR = {"optimizer.weights_on_grid": True, "optimizer.rounding": "stochastic"}
+# Regime (b): the float32 leaves (embedding, head, biases, LayerNorm) get AdamW at 1e-3 in every
+# arm, so that tuning an AdamW arm's lr tunes only its quantized kernels (fifth stretch: the
+# kernels barely move in 8 bits, so a shared lr mostly tuned the float32 leaves).
+FLOAT_LR = {"optimizer.float_learning_rate": 1e-3}
+_RTN = {"optimizer.weights_on_grid": True, "optimizer.rounding": "nearest", **FLOAT_LR}
+_SR = {"optimizer.weights_on_grid": True, "optimizer.rounding": "stochastic", **FLOAT_LR}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +104,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
         "stochastic rounding onto the grid, no decay: decay would act at the grid rate); its "
         "float32 leaves get AdamW at the AdamW lr",
         {**_ADAMW, "optimizer.name": "grid", GRID_LR: 1.0, "optimizer.weight_decay": 0.0,
-         "optimizer.rounding": "stochastic"}, GRID_LR),
+         "optimizer.rounding": "stochastic", **FLOAT_LR}, GRID_LR),
 )}
 PRIMARY_ARMS = ("adamw_rtn", "adamw_sr", "ulp_sr")  # the pre-registered contrast
 TREATMENT, CONTROLS = "ulp_sr", ("adamw_sr", "adamw_rtn")

@@ -29,7 +29,7 @@ _DEFAULTS = dict(
     mantissa_bits=None, max_stiffness=1e6, momentum=0.9, rung_clip=10, rounding="stochastic",
     seed=0, weights_on_grid=False, inject_hyperparams=False, track_bit_position=True,
     unformatted_scale=1.0, lr_units="parameter", grid_step_multiplier=1.0, decay_mask="ndim>=2",
-    diagnostics=False, grid_learning_rate=1.0)
+    diagnostics=False, grid_learning_rate=1.0, float_learning_rate=0.0)
 
 
 def _get(config: Any, name: str) -> Any:
@@ -215,6 +215,8 @@ def make_optimizer(config: Any, params_or_formats: Any = None, *, snap: bool = T
       mantissa_bits      manifold_adamw "gradient": M for all leaves; 0/None = from formats
       max_stiffness      manifold_adamw "gradient": clamp of the stiffness          [1e6]
       unformatted_scale  legacy, lr_units="grid_steps" only: factor on float32 leaves  [1.0]
+      float_learning_rate  peak lr of the float32 leaves (format None), same schedule
+                         shape; 0 = learning_rate (see "Float32 leaves" below)      [0.0]
       grid_learning_rate grid: peak SGD-momentum rate of the quantized leaves (the
                          step before rounding is grid_learning_rate * v, in parameter
                          units; it follows the schedule's shape)                    [1.0]
@@ -256,7 +258,13 @@ def make_optimizer(config: Any, params_or_formats: Any = None, *, snap: bool = T
     get plain AdamW at ``learning_rate`` in every arm, the grid arm included (its quantized leaves
     take ``grid_learning_rate``); only ``name="sgd"`` uses SGD for every leaf. The weight-decay
     mask (`decay_mask`) applies in every arm. ``snap_to_grid`` and the grid optimizer touch
-    quantized leaves only.
+    quantized leaves only. ``float_learning_rate > 0`` decouples the two: the float32 leaves'
+    updates are multiplied by ``float_learning_rate / learning_rate`` (`scale_float_leaves`, after
+    the optimizer), so they follow AdamW at ``float_learning_rate`` whatever ``learning_rate`` the
+    quantized leaves take. A study that tunes an AdamW arm's ``learning_rate`` then tunes only
+    its quantized leaves, and every arm's float32 leaves (embedding, head, biases, LayerNorm)
+    train identically. Equal to ``learning_rate``, the link is left out (bit-identical to 0).
+    With ``inject_hyperparams`` the state's ``learning_rate`` is the quantized leaves' rate.
 
     The chain is ``chain(clip_by_global_norm, <optimizer>, snap_to_grid)`` with the optional
     links left out, wrapped in `with_grid_diagnostics` when ``diagnostics=True`` (for library
@@ -309,9 +317,12 @@ def make_optimizer(config: Any, params_or_formats: Any = None, *, snap: bool = T
     else:
         tx = factory(**kwargs)
     links = [optax.clip_by_global_norm(clip)] if clip > 0 else []
-    if name == "grid":  # its weights are on the grid already (rungs, not a snap link)
-        return (optax.chain(*links, tx) if links else tx), schedule
     links.append(tx)
+    ratio = _float_ratio(config)
+    if ratio is not None:
+        links.append(scale_float_leaves(ratio, formats))
+    if name == "grid":  # its weights are on the grid already (rungs, not a snap link)
+        return (links[0] if len(links) == 1 else optax.chain(*links)), schedule
     if on_grid:
         snap_link = snap_to_grid(formats, rounding=_get(config, "rounding"),
                                  seed=_get(config, "seed"))
@@ -321,6 +332,49 @@ def make_optimizer(config: Any, params_or_formats: Any = None, *, snap: bool = T
         tx = with_grid_diagnostics(tx, formats,
                                    track_bit_position=_get(config, "track_bit_position"))
     return tx, schedule
+
+
+def _float_ratio(config: Any) -> float | None:
+    """``float_learning_rate / learning_rate``, or None when the link is not needed."""
+    flr, lr = _get(config, "float_learning_rate"), _get(config, "learning_rate")
+    _util.check_number("float_learning_rate", flr, lo=0.0)
+    if not flr or float(flr) == float(lr):
+        return None
+    if not lr:
+        raise ValueError("float_learning_rate needs learning_rate > 0 (it scales the float32 "
+                         "leaves' AdamW step by float_learning_rate / learning_rate)")
+    return float(flr) / float(lr)
+
+
+def scale_float_leaves(ratio: float, formats: Any = None) -> optax.GradientTransformation:
+    """Multiplies the updates of the float32 leaves (format None) by ``ratio``; quantized leaves
+    pass through.
+
+    Placed after an optimizer whose step is proportional to its learning rate (AdamW with
+    decoupled decay, SGD), it gives the float32 leaves the rate ``ratio * learning_rate``
+    (`make_optimizer`'s ``float_learning_rate``).
+
+    Args:
+      ratio: the factor (float32 leaves).
+      formats: the per-leaf formats (see `make_optimizer`); None: every leaf is float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_float_leaves(0.5, lambda path: "E4M3" if "kernel" in str(path) else None)
+      >>> u, _ = tx.update({"kernel": jnp.ones(2), "bias": jnp.ones(2)}, tx.init(None))
+      >>> u["kernel"].tolist(), u["bias"].tolist()
+      ([1.0, 1.0], [0.5, 0.5])
+    """
+    formats = _no_format if formats is None else formats
+
+    def update_fn(updates, state, params=None):
+        del params
+        fmts = _util.resolve_formats(formats, updates)
+        leaves, treedef = _util.flatten(updates)
+        out = [u if f is not None else u * jnp.asarray(ratio, u.dtype)
+               for u, f in zip(leaves, fmts)]
+        return jax.tree_util.tree_unflatten(treedef, out), state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def _intended_update(snap_link: optax.GradientTransformation) -> optax.GradientTransformation:
