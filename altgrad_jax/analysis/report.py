@@ -161,6 +161,11 @@ def _secondary(records) -> list[str]:
     return lines
 
 
+def _mech_key(k: str) -> str:
+    """The record key of mechanism figure ``k``: its tail mean (rank health: its last value)."""
+    return f"mech/{k}/{'last' if k.startswith('rank') else 'tail'}"
+
+
 def _mechanism(recs, formats, a: dict | None) -> list[str]:
     """Mechanism figures per format x arm, beside the format's benefit (ulp_sr − adamw_sr)."""
     benefit = {c.label.split(":")[0]: _ci(c) for c in (a or {}).get("contrasts", {}).get(
@@ -169,8 +174,7 @@ def _mechanism(recs, formats, a: dict | None) -> list[str]:
     for f in formats:
         for arm in ARMS:
             if any(r["format"] == f and r["arm"] == arm for r in recs):
-                rows.append([f, arm, *(_mean_cell(recs, f, arm, f"mech/{k}/"
-                                                  f"{'last' if k.startswith('rank') else 'tail'}")
+                rows.append([f, arm, *(_mean_cell(recs, f, arm, _mech_key(k))
                                        for k in MECHANISM_KEYS),
                              benefit.get(f, "—") if arm == TREATMENT else ""])
     return _table(["format", "arm", *MECHANISM_KEYS, "benefit ulp_sr − adamw_sr"], rows)
@@ -187,9 +191,7 @@ def _mechanism_link(recs, a: dict | None) -> list[str]:
         mech = {}
         for f in benefit:
             s = stats.mean_ci([v for r in recs if r["format"] == f and r["arm"] == CONTROLS[0]
-                               and (v := value(r, f"mech/{k}/"
-                                                  f"{'last' if k.startswith('rank') else 'tail'}"))
-                               is not None])
+                               and (v := value(r, _mech_key(k))) is not None])
             mech[f] = s.mean if s.n else None
         assoc = stats.rank_association(benefit, mech)
         if assoc is not None:
