@@ -242,10 +242,8 @@ def run_sweep(study_cfg, *, extra_overrides=(), only=(), dry_run=False, retry_di
     import jax
 
     trained_in_stage, visited = False, set()
-    while True:
-        spec, selected = _next_cell(study, only, visited)
-        if spec is None:
-            break
+    spec, selected = _next_cell(study, only, visited)
+    while spec is not None:
         visited.add(spec.name)
         tag = f"[{len(visited)}/{len(selected)}]"
         records, choices = _wait_for_tuning(study, spec, log, tag)
@@ -255,6 +253,7 @@ def run_sweep(study_cfg, *, extra_overrides=(), only=(), dry_run=False, retry_di
             log(f"{tag} {spec.name}: blocked (tuning of {spec.arm} {ch.status}: "
                 f"{', '.join(ch.missing) or 'no finite score'})")
             out["blocked"].append(spec.name)
+            spec, selected = _next_cell(study, only, visited)
             continue
         chosen = tuning_lib.chosen_factors(choices.values())
         size = int(study_cfg.get("vmap_seeds", 1))
@@ -270,10 +269,11 @@ def run_sweep(study_cfg, *, extra_overrides=(), only=(), dry_run=False, retry_di
         if what in ("ran", "diverged"):
             jax.clear_caches()  # every run compiles its own functions; do not keep them all
             trained_in_stage = True
-        following, _ = _next_cell(study, only, visited)
+        following, selected = _next_cell(study, only, visited)
         if trained_in_stage and (following is None or following.stage != spec.stage):
             _rebuild_report(study, log)  # the report after every stage that trained
             trained_in_stage = False
+        spec = following
     out["planned"] = len(study.specs)
     study_lib.write_plan(study, study.choices())
     out["report"] = _rebuild_report(study, log)

@@ -365,11 +365,9 @@ def scale_float_leaves(ratio: float, formats: Any = None) -> optax.GradientTrans
       >>> u["kernel"].tolist(), u["bias"].tolist()
       ([1.0, 1.0], [0.5, 0.5])
     """
-    formats = _no_format if formats is None else formats
-
     def update_fn(updates, state, params=None):
         del params
-        fmts = _util.resolve_formats(formats, updates)
+        fmts = _util.resolve_formats(formats, updates)  # None: every leaf float32
         leaves, treedef = _util.flatten(updates)
         out = [u if f is not None else u * jnp.asarray(ratio, u.dtype)
                for u, f in zip(leaves, fmts)]
