@@ -89,7 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.999
     c.optimizer.eps = 1e-8
-    c.optimizer.weight_decay = 0.01  # decoupled (AdamW) / L2 into velocity (grid)
+    c.optimizer.weight_decay = 0.01  # decoupled (AdamW, also the grid arm's float32 leaves) / L2
+    #                                  into the gradient (sgd)
     c.optimizer.decay_mask = "ndim>=2"  # decay only params with >= 2 dims; "all" = every param
     c.optimizer.grad_clip_norm = 1.0  # global-norm clipping before the update (0 = off)
     c.optimizer.precondition = "gradient"  # manifold_adamw: "gradient" (seeds), "update" (ULP),
@@ -104,6 +105,9 @@ def get_config() -> ml_collections.ConfigDict:
     #                                      step by learning_rate * unformatted_scale (else 1.0)
     c.optimizer.momentum = 0.9  # grid optimizer / sgd
     c.optimizer.rung_clip = 10  # grid optimizer: max grid rungs per step
+    c.optimizer.grid_weight_decay = ml_collections.config_dict.placeholder(float)  # grid: L2
+    #                                 decay of the quantized leaves into their velocity; None =
+    #                                 weight_decay (it acts at the grid rate)
     c.optimizer.grid_learning_rate = 1.0  # grid optimizer: peak SGD rate of quantized leaves
     #                                       (step grid_learning_rate * velocity before rounding);
     #                                       its float32 leaves get AdamW at learning_rate

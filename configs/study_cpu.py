@@ -108,6 +108,10 @@ def get_config() -> ml_collections.ConfigDict:
         "not tuned; the superseded runs (float32 leaves at 3e-3 with adamw_rtn x3: validation "
         "macro-F1 0.712 on E3M4 vs 0.682 re-run with them at 1e-3) suggest a higher shared rate "
         "would raise every arm alike.",
+        "Sixth stretch, before any `grid` cell: the grid arm's float32 leaves (embedding, "
+        "head) take AdamW's decoupled weight decay 0.01 like every other arm's; before, its one "
+        "`weight_decay=0` switched off the decay of its grid leaves and of its float32 leaves "
+        "alike. Its grid leaves stay undecayed (`optimizer.grid_weight_decay=0`).",
     )
     c.tuning_metric = "eval_tuned/macro_f1"  # validation macro-F1 at the tuned threshold
     c.seed_fields = DEFAULT_SEED_FIELDS  # init + dropout, data order, stochastic rounding

@@ -144,6 +144,29 @@ def test_grid_arm_float32_leaves_get_optax_adamw():
     _close(all32, want, rtol=1e-6, atol=1e-7)
 
 
+def test_grid_weight_decay_splits_the_decay_of_grid_and_float32_leaves():
+    """weight_decay decays the grid arm's float32 leaves as optax.adamw does (the embedding table
+    here is float32 and 2-D, so the mask decays it); grid_weight_decay alone decays the quantized
+    leaves, and None keeps the old single field (grid leaves decayed at weight_decay)."""
+    params = _params()
+    fmts = {"dense": {"kernel": "E4M3", "bias": None}, "embed": {"embedding": None},
+            "ln": {"scale": None}}
+
+    def run(**kw):
+        return _run(make_optimizer(_cfg(name="grid", grid_learning_rate=0.5, **kw), fmts)[0],
+                    params)[0]
+    split = run(grid_weight_decay=0.0)
+    want = _adamw_ref()
+    for path in (("embed", "embedding"), ("dense", "bias"), ("ln", "scale")):
+        _close(split[path[0]][path[1]], want[path[0]][path[1]], rtol=1e-6, atol=1e-7)
+    undecayed = run(weight_decay=0.0, grid_weight_decay=0.0)
+    np.testing.assert_array_equal(split["dense"]["kernel"], undecayed["dense"]["kernel"])
+    assert not np.allclose(split["embed"]["embedding"], undecayed["embed"]["embedding"])
+    coupled = run(grid_weight_decay=WD)
+    assert not np.array_equal(coupled["dense"]["kernel"], split["dense"]["kernel"])
+    jax.tree.map(np.testing.assert_array_equal, run(), coupled)  # None = weight_decay
+
+
 def test_diagnostics_are_opt_in():
     params = _params()
     for name in ("adamw", "manifold_adamw"):
@@ -172,9 +195,9 @@ def test_every_arm_jits_under_inject_hyperparams():
 @pytest.mark.parametrize("field,value", [
     ("lr_units", "rungs"), ("decay_mask", "ndim>=1"), ("precondition", "ulp"),
     ("grid_step_multiplier", 0.0), ("diagnostics", "yes"), ("unformatted_scale", 0.01),
-    ("grid_learning_rate", -1.0)])
+    ("grid_learning_rate", -1.0), ("grid_weight_decay", -0.1)])
 def test_bad_field_value_is_a_one_line_value_error(field, value):
-    name = "grid" if field == "grid_learning_rate" else "manifold_adamw"
+    name = "grid" if field.startswith("grid_") else "manifold_adamw"
     with pytest.raises(ValueError, match=field) as e:
         make_optimizer(_cfg(name=name, **dict(dict(precondition="update"), **{field: value})),
                        _FORMATS)

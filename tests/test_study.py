@@ -28,7 +28,7 @@ INTERFACE_FIELDS = {  # interfaces.md: the fields an arm may set
     "optimizer.name", "optimizer.learning_rate", "optimizer.weight_decay",
     "optimizer.decay_mask", "optimizer.lr_units", "optimizer.grid_step_multiplier",
     "optimizer.weights_on_grid", "optimizer.rounding", "optimizer.precondition",
-    "optimizer.grid_learning_rate", "optimizer.float_learning_rate"}
+    "optimizer.grid_learning_rate", "optimizer.float_learning_rate", "optimizer.grid_weight_decay"}
 
 
 def _study(tmp_path, stages, base="configs/smoke.py", overrides=()):

@@ -105,6 +105,22 @@ def test_resume_with_a_changed_config_is_refused(full_run, cache_dir):
                                             "train.num_steps": 8}), workdir)
 
 
+def test_a_field_added_since_the_run_started_is_accepted_only_at_its_old_behaviour(tmp_path):
+    from altgrad_jax.train.results import check_config_unchanged
+    path = str(tmp_path / "config.json")
+    old = {"optimizer": {"learning_rate": 1e-3, "weight_decay": 0.01}}
+    with open(path, "w") as f:
+        json.dump(old, f)
+    added = {"optimizer": dict(old["optimizer"], grid_weight_decay=None,
+                               float_learning_rate=0.0)}
+    check_config_unchanged(path, added)  # the values the code before the fields ran with
+    with pytest.raises(ValueError, match=r"optimizer.grid_weight_decay: None -> 0.0"):
+        check_config_unchanged(path, {"optimizer": dict(added["optimizer"],
+                                                        grid_weight_decay=0.0)})
+    with pytest.raises(ValueError, match="optimizer.momentum"):  # not a registered addition
+        check_config_unchanged(path, {"optimizer": dict(old["optimizer"], momentum=0.9)})
+
+
 def test_nan_patience_stops_with_a_report(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setattr(step_lib, "sigmoid_bce", lambda *a, **k: jnp.float32(jnp.nan))
     workdir = str(tmp_path / "nan")

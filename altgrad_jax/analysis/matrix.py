@@ -101,9 +101,9 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
         "stochastically: per-tensor vs per-element scaling (equals ulp_sr on E0M7)",
         {**_ULP, "optimizer.precondition": "tensor", **_SR}, C),
     Arm("grid", "b", "the grid optimizer (the seeds' GridOptim: SGD-momentum velocity, "
-        "stochastic rounding onto the grid, no decay: decay would act at the grid rate); its "
-        "float32 leaves get AdamW at the AdamW lr",
-        {**_ADAMW, "optimizer.name": "grid", GRID_LR: 1.0, "optimizer.weight_decay": 0.0,
+        "stochastic rounding onto the grid, no decay of the grid leaves: it would act at the "
+        "grid rate); its float32 leaves get AdamW and its decay, as in the other arms",
+        {**_ADAMW, "optimizer.name": "grid", GRID_LR: 1.0, "optimizer.grid_weight_decay": 0.0,
          "optimizer.rounding": "stochastic", **FLOAT_LR}, GRID_LR),
 )}
 PRIMARY_ARMS = ("adamw_rtn", "adamw_sr", "ulp_sr")  # the pre-registered contrast

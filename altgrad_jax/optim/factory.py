@@ -29,7 +29,8 @@ _DEFAULTS = dict(
     mantissa_bits=None, max_stiffness=1e6, momentum=0.9, rung_clip=10, rounding="stochastic",
     seed=0, weights_on_grid=False, inject_hyperparams=False, track_bit_position=True,
     unformatted_scale=1.0, lr_units="parameter", grid_step_multiplier=1.0, decay_mask="ndim>=2",
-    diagnostics=False, grid_learning_rate=1.0, float_learning_rate=0.0)
+    diagnostics=False, grid_learning_rate=1.0, float_learning_rate=0.0,
+    grid_weight_decay=None)
 
 
 def _get(config: Any, name: str) -> Any:
@@ -143,16 +144,19 @@ def _grid(c, lr, formats):
         return jax.tree_util.tree_unflatten(
             treedef, ["float32" if f is None else "grid" for f in fmts])
 
-    def factory(learning_rate, b1, b2, eps, weight_decay, momentum, rung_clip):
+    def factory(learning_rate, b1, b2, eps, weight_decay, grid_weight_decay, momentum, rung_clip):
         grid_rate = ((lambda t: learning_rate(t) * ratio) if callable(learning_rate)
                      else learning_rate * ratio)
-        grid = optax.chain(optax.add_decayed_weights(weight_decay, mask), grid_optimizer(
+        grid = optax.chain(optax.add_decayed_weights(grid_weight_decay, mask), grid_optimizer(
             grid_rate, formats, momentum=momentum, weight_decay=0.0, rung_clip=rung_clip,
             **static))
         adamw = optax.adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay, mask=mask)
         return optax.multi_transform({"grid": grid, "float32": adamw}, labels)
-    return factory, dict(_adam_kwargs(c, lr), momentum=_get(c, "momentum"),
-                         rung_clip=_get(c, "rung_clip")), ()
+    grid_decay = _get(c, "grid_weight_decay")
+    grid_decay = _get(c, "weight_decay") if grid_decay is None else grid_decay
+    _util.check_number("grid_weight_decay", grid_decay, lo=0.0)
+    return factory, dict(_adam_kwargs(c, lr), grid_weight_decay=grid_decay,
+                         momentum=_get(c, "momentum"), rung_clip=_get(c, "rung_clip")), ()
 
 
 def _sgd(c, lr, formats):
@@ -206,7 +210,10 @@ def make_optimizer(config: Any, params_or_formats: Any = None, *, snap: bool = T
       warmup_frac        warmup as a fraction of total_steps                        [0.0]
       total_steps        schedule length (required unless schedule="constant")      [None]
       b1, b2, eps        Adam moments' decays and epsilon                   [0.9, 0.999, 1e-8]
-      weight_decay       AdamW decoupled decay; coupled (added to g) for grid/sgd   [0.0]
+      weight_decay       AdamW decoupled decay (the grid arm's float32 leaves too);
+                         coupled (added to g) for sgd                               [0.0]
+      grid_weight_decay  grid: coupled decay of the quantized leaves (added to g
+                         before the velocity); None = weight_decay                  [None]
       decay_mask         "ndim>=2" (decay only params with >= 2 dims) | "all"       ["ndim>=2"]
       grad_clip_norm     clip_by_global_norm before the optimizer; 0 = off          [0.0]
       precondition       manifold_adamw: "none" | "gradient" | "update" | "tensor"  ["gradient"]

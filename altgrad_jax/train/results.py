@@ -21,6 +21,11 @@ from altgrad_jax.train.metrics import multilabel_metrics, tune_threshold
 _RESUME_MUTABLE = ("train.max_steps_this_run", "train.progress_bar", "log.", "data.data_dir",
                    "data.cache_dir", "mesh.data", "mesh.fsdp", "mesh.fsdp_min_size", "mesh.vmap_seeds")
 
+# Config fields added after runs existed, with the value that reproduces the code before them: a
+# resume accepts a run folder whose config.json lacks the field when the field has this value.
+# Every field added from now on goes here with its old-behaviour value.
+_ADDED_FIELDS = {"optimizer.float_learning_rate": 0.0, "optimizer.grid_weight_decay": None}
+
 
 def write_json(path: str, obj: Any) -> None:
     tmp = path + ".tmp"
@@ -40,12 +45,18 @@ def _flatten(d: Any, prefix: str = "") -> dict:
 
 
 def check_config_unchanged(path: str, config_dict: dict) -> None:
-    """Raises ValueError naming the fields when the run folder holds a different experiment."""
+    """Raises ValueError naming the fields when the run folder holds a different experiment.
+
+    Fields in ``_RESUME_MUTABLE`` may change; a field added to the config since the run started
+    is accepted at the value that reproduces the old code (``_ADDED_FIELDS``), refused otherwise.
+    """
     with open(path) as f:
         old = json.load(f)
     new_flat, old_flat = _flatten(json.loads(json.dumps(config_dict))), _flatten(old)
     changed = sorted(k for k in set(new_flat) | set(old_flat)
                      if new_flat.get(k) != old_flat.get(k)
+                     and not (k not in old_flat and k in _ADDED_FIELDS
+                              and new_flat[k] == _ADDED_FIELDS[k])
                      and not any(k == m or (m.endswith(".") and k.startswith(m))
                                  for m in _RESUME_MUTABLE))
     if changed:
