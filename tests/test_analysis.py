@@ -257,6 +257,20 @@ def test_only_completed_runs_enter_the_tables(tmp_path):
     assert len(csv) == 4  # every recorded run, header + 3
 
 
+def test_before_the_model_fits_the_report_lists_the_cells_so_far_without_contrasts(tmp_path):
+    """One seed per cell: the pooled model has no residual dof, so no answer and no interval;
+    the primary section shows the completed cells' means (n=1) and nothing from other stages."""
+    recs = [_rec("E0M7", "adamw_rtn", 1, 0.6176), _rec("E0M7", "adamw_sr", 1, 0.65),
+            _rec("E2M5", "ulp_sr", 1, 0.7),
+            dict(_rec("BF16", "ulp_sr", 1, 0.9), stage="reference_bf16")]
+    text = open(report_lib.write_report(_study_dir(tmp_path, recs), plots=False)).read()
+    assert "Not answerable yet" in text.split("\n\n")[1]
+    section = text[text.index("## Primary contrast"):text.index("## Secondary")]
+    assert "| E0M7 | 0.6176 (n=1) | 0.6500 (n=1) | — |" in section
+    assert "| E2M5 | — | — | 0.7000 (n=1) |" in section
+    assert "BF16" not in section and "[95% CI]" not in section
+
+
 def test_report_from_records_alone(tmp_path):
     recs = _planted({"E5M2": 0.05, "E4M3": 0.01}, rng_seed=2)
     recs += [_rec("none", "adamw", s, 0.62) for s in (1, 2, 3)]

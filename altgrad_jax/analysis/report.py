@@ -145,6 +145,19 @@ def _primary_table(a: dict, recs) -> list[str]:
                    "P(winner)"], rows)
 
 
+def _cells_so_far(recs) -> list[str]:
+    """Before the pooled model can be fitted: the completed primary cells' means per format x arm
+    (descriptive; no contrast, no interval is claimed from them)."""
+    prim = [r for r in recs if r["arm"] in PRIMARY_ARMS and r.get("stage") == "primary"]
+    if not prim:
+        return ["Not enough completed cells yet."]
+    rows = [[f, *(_mean_cell(prim, f, arm, PRIMARY[0]) for arm in PRIMARY_ARMS)]
+            for f in _order(r["format"] for r in prim)]
+    return (["Not enough completed cells for the pooled model yet. The completed cells so far "
+             "(mean ± 95% half-width, n seeds; descriptive only, no contrast is read from them):",
+             ""] + _table(["format", *PRIMARY_ARMS], rows))
+
+
 def _secondary(records) -> list[str]:
     lines = []
     for metric, label in SECONDARY:
@@ -181,8 +194,8 @@ def _mechanism(recs, formats, a: dict | None) -> list[str]:
 
 
 def _mechanism_link(recs, a: dict | None) -> list[str]:
-    """Per mechanism figure of the control (adamw_sr, tail mean): Spearman's rho across formats
-    against the benefit ulp_sr − adamw_sr (descriptive)."""
+    """Per mechanism figure of the control ``CONTROLS[0]`` (adamw_sr, tail mean): Spearman's rho
+    across formats against the benefit ``TREATMENT`` − ``CONTROLS[0]`` (descriptive)."""
     if a is None:
         return []
     benefit = {c.label.split(":")[0]: c.estimate for c in a["contrasts"][CONTROLS[0]]}
@@ -199,10 +212,10 @@ def _mechanism_link(recs, a: dict | None) -> list[str]:
     if not rows:
         return ["Rank association with the benefit: needs at least 4 formats with the benefit "
                 "and the figure.", ""]
-    return (["Across formats, the benefit (ulp_sr − adamw_sr) against each figure of the "
-             f"control {CONTROLS[0]} (Spearman's rho, two-sided p; one point per format, "
+    return ([f"Across formats, the benefit ({TREATMENT} − {CONTROLS[0]}) against each figure "
+             f"of the control {CONTROLS[0]} (Spearman's rho, two-sided p; one point per format, "
              "descriptive, no multiplicity correction):", ""]
-            + _table(["adamw_sr figure", "rho", "p", "formats"], rows) + [""])
+            + _table([f"{CONTROLS[0]} figure", "rho", "p", "formats"], rows) + [""])
 
 
 def _seeds12(recs) -> list[str]:
@@ -368,7 +381,7 @@ def write_report(report_dir: str, *, plots: bool = True, n_boot: int = 2000) -> 
               f"Metric: {PRIMARY[1]}. One pooled OLS model `{stats.FORMULA}`; contrasts with 95% "
               "t-intervals, Holm across formats; G = (arm − adamw_rtn) / (fp32 − adamw_rtn); "
               "P(winner) from a seeded residual bootstrap.", ""]
-    lines += (_primary_table(a, test_recs) if a else ["Not enough completed cells yet."]) + [""]
+    lines += (_primary_table(a, test_recs) if a else _cells_so_far(test_recs)) + [""]
     lines += ["## Secondary metrics", ""] + _secondary(test_recs)
     fmts = _order(r["format"] for r in test_recs)
     lines += ["## Mechanism (tail mean over the last 20% of diagnostics steps; rank: last)", "",

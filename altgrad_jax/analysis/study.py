@@ -83,13 +83,13 @@ def open_study(study_cfg: ml_collections.ConfigDict, *, extra_overrides: Any = (
                base: ml_collections.ConfigDict | None = None) -> Study:
     """Expands ``study_cfg`` (ValueError for bad input, naming the problem); ``specs`` includes
     the bracket extensions called for by the records already in ``report_dir``."""
+    ext = int(study_cfg.get("tuning_extensions", 0))
+    if ext < 0:
+        raise ValueError(f"tuning_extensions must be >= 0, got {ext}")
     base = load_config_file(str(study_cfg.base_config)) if base is None else base
     planned = matrix_lib.expand(study_cfg, base, extra_overrides=extra_overrides)
     study = Study(study_cfg, base, planned, list(planned), str(study_cfg.report_dir),
                   str(study_cfg.run_dir))
-    ext = int(study_cfg.get("tuning_extensions", 0))
-    if ext < 0:
-        raise ValueError(f"tuning_extensions must be >= 0, got {ext}")
     study.refresh()
     return study
 
