@@ -13,8 +13,9 @@
 * XLA's CPU backend at optimization level 0 (``XLA_FLAGS=--xla_backend_optimization_level=0``,
   unless XLA_FLAGS is already set): the suite's programs are tiny, so compiling them is most of
   its time, and level 0 skips LLVM's expensive passes (one compile-bound test: 51.8 s -> 33.4 s
-  of CPU). It changes how fast the code runs, not what it computes: every comparison in the
-  suite is between programs compiled alike, and the stored goldens still match bit for bit.
+  of CPU). It moves float32 results in their last bits, so every in-process comparison is
+  between programs compiled alike, and the stored goldens are trained in a subprocess at XLA's
+  default settings (tests/test_train_loop.py).
 """
 
 import atexit

@@ -301,17 +301,23 @@ def _check_golden(name, workdir):
 SMOKE_TOKENIZER = os.path.join(ROOT, "tests", "data", "smoke_tokenizer.json")
 
 
+def _launch_smoke(workdir, cache_dir, *flags, env=None):
+    """``python launch.py`` on the smoke config in a subprocess; asserts it succeeded."""
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "--config=configs/smoke.py", f"--workdir={workdir}",
+         f"--config.data.cache_dir={cache_dir}", *flags], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
 def _train_at_default_xla(workdir, cache_dir, overrides):
     """The smoke config through launch.py in a subprocess compiled at XLA's default settings:
     the suite compiles at optimization level 0 (tests/conftest.py), which moves float32 results
     in their last bits, and the goldens pin what a user's run computes."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.run(
-        [sys.executable, "launch.py", "--config=configs/smoke.py", f"--workdir={workdir}",
-         f"--config.data.cache_dir={cache_dir}", f"--config.data.tokenizer_file={SMOKE_TOKENIZER}",
-         *(f"--config.{k}={v}" for k, v in overrides.items())],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _launch_smoke(workdir, cache_dir, f"--config.data.tokenizer_file={SMOKE_TOKENIZER}",
+                  *(f"--config.{k}={v}" for k, v in overrides.items()),
+                  env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
 
 
 def test_golden_metrics_quantized(tmp_path, cache_dir):
@@ -367,11 +373,7 @@ def test_launch_console_is_short_and_names_the_run_folder(tmp_path, cache_dir):
     """launch.py on the smoke config: a few readable lines (no orbax/absl INFO, no TPU probing),
     library logs in log.txt, and the curves PNG named in the last line."""
     workdir = tmp_path / "console"
-    proc = subprocess.run(
-        [sys.executable, "launch.py", "--config=configs/smoke.py", f"--workdir={workdir}",
-         f"--config.data.cache_dir={cache_dir}"], cwd=ROOT, capture_output=True, text=True,
-        timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _launch_smoke(workdir, cache_dir)
     out = proc.stdout.strip().splitlines()
     lines = out + proc.stderr.strip().splitlines()  # stderr: the synthetic-data warning only
     assert len(lines) <= 25, "\n".join(lines)
