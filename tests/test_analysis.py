@@ -243,8 +243,8 @@ def test_only_completed_runs_enter_the_tables(tmp_path):
     recs = [_rec("E4M3", "ulp_sr", 1, 0.6, mech=mech),
             _rec("E4M3", "ulp_sr", 2, None, status="diverged", mech=bad),
             _rec("E4M3", "ulp_sr", 3, None, status="interrupted", mech=bad)]
-    cells = [{"name": r["name"], "stage": "primary"} for r in recs]
-    cells.append({"name": "E4M3__ulp_sr__s4", "stage": "primary"})
+    cells = [{"name": r["name"], "stage": "primary", "seed": r["seed"]} for r in recs]
+    cells.append({"name": "E4M3__ulp_sr__s4", "stage": "primary", "seed": 4})
     d = _study_dir(tmp_path, recs, cells)
     text = open(report_lib.write_report(d, plots=False)).read()
     mech_section = text[text.index("## Mechanism"):text.index("## The seeds")]
@@ -255,6 +255,40 @@ def test_only_completed_runs_enter_the_tables(tmp_path):
     assert "1 of 4 primary cells completed" in text
     csv = open(os.path.join(d, "runs.csv")).read().splitlines()
     assert len(csv) == 4  # every recorded run, header + 3
+
+
+def test_while_the_primary_stage_runs_only_complete_seed_blocks_enter_the_fit(tmp_path):
+    """Seeds 1 and 2 complete, seed 3 begun (with a planted outlier): the first paragraph is
+    labelled interim and is exactly the answer of the fit on seeds 1 and 2 alone; once seed 3
+    completes every seed enters and the label goes."""
+    recs = _planted({"E0M7": 0.02})
+    plan = [{"name": r["name"], "stage": "primary", "seed": r["seed"]} for r in recs]
+    early = [r for r in recs if r["seed"] < 3]
+    begun = [dict(r, metrics={METRIC: 0.99}) for r in recs if r["seed"] == 3][:4]
+    d = _study_dir(tmp_path, early + begun, plan)
+    text = open(report_lib.write_report(d, plots=False, n_boot=200)).read()
+    first = text.split("\n\n")[1]
+    assert first.startswith("**Interim** (") and "seeds 1, 2:" in first
+    reference = report_lib.answer_paragraph(report_lib.analyse_primary(early, n_boot=200), 0, 0)
+    assert reference in first and "**E0M7**" in reference
+    section = text[text.index("## Primary contrast"):text.index("## Secondary")]
+    assert "0.99" not in section and "(n=3)" not in section and "(n=2)" in section
+    for r in recs:
+        records_lib.write_record(d, r)
+    final = open(report_lib.write_report(d, plots=False, n_boot=200)).read()
+    assert not final.split("\n\n")[1].startswith("**Interim**")
+    assert "(n=3)" in final[final.index("## Primary contrast"):final.index("## Secondary")]
+
+
+def test_interim_seeds_counts_a_diverged_cell_as_finished():
+    plan = {"cells": [{"name": f"c{s}{i}", "stage": "primary", "seed": s}
+                      for s in (1, 2) for i in range(2)]
+            + [{"name": "t", "stage": "reference", "seed": 1}]}
+    recs = {"c10": {"status": "completed"}, "c11": {"status": "diverged"},
+            "c20": {"status": "completed"}}
+    assert report_lib.interim_seeds(recs, plan) == [1]
+    assert report_lib.interim_seeds(dict(recs, c21={"status": "completed"}), plan) is None
+    assert report_lib.interim_seeds({}, None) is None
 
 
 def test_before_the_model_fits_the_report_lists_the_cells_so_far_without_contrasts(tmp_path):
@@ -321,7 +355,8 @@ def test_report_flags_a_tuning_choice_at_the_edge_and_old_dropout_masks(tmp_path
             recs.append(r)
     del recs[0]["code"]  # E3M4 ulp_sr x1/3: written before records carried code facts
     recs[1]["perf"] = {"train_steps_per_s": 2.0, "wall_time_s": 600.0}
-    recs[2]["perf"] = {"train_steps_per_s": 1.0, "wall_time_s": 1200.0}
+    # resumed before wall time was carried across processes: wall below the training time
+    recs[2]["perf"] = {"train_steps_per_s": 1.0, "wall_time_s": 1200.0, "train_time_s": 1500.0}
     d = str(tmp_path / "study")
     for r in recs:
         records_lib.write_record(d, r)
@@ -339,7 +374,8 @@ def test_report_flags_a_tuning_choice_at_the_edge_and_old_dropout_masks(tmp_path
     cost = text[text.index("## Cost"):text.index("## Caveats")]
     # median of 1/2 and 1/1 s per step = 0.75; mean wall (600 + 1200) / 2 s = 15 min; 0.5 h
     assert "2 completed runs: median 0.75 s per training step" in cost
-    assert "mean wall time 15.0 min per run" in cost and "0.5 core-hours in all" in cost
+    assert "mean wall time 15.0 min per run" in cost and "0.5 core-hours in all (a lower " in cost
+    assert "bound: 1 of these runs resumed before" in cost
 
 
 def test_rank_association_matches_a_hand_computed_spearman():

@@ -92,6 +92,10 @@ def test_resume_after_interruption_is_exact(full_run, tmp_path, cache_dir):
     assert first["status"] == "interrupted" and first["step"] == 3
     second = loop_lib.train_and_evaluate(_config(cache_dir=cache_dir), workdir)
     assert second["status"] == "completed" and second["steps_this_run"] == 3
+    # the perf totals add up over both processes (wall time included)
+    assert (first["perf"]["processes"], second["perf"]["processes"]) == (1, 2)
+    assert second["perf"]["wall_time_s"] > first["perf"]["wall_time_s"]
+    assert second["perf"]["train_time_s"] > first["perf"]["train_time_s"]
     assert _comparable(_lines(workdir)) == _comparable(_lines(workdir_full))
     assert second["test"]["test/micro_f1"] == results_full["test"]["test/micro_f1"]
     assert second["test"]["test/loss"] == results_full["test"]["test/loss"]
@@ -256,6 +260,7 @@ def test_results_perf_and_tuned_blocks(full_run):
         assert perf[key] > 0, key
     # training-only: compilation, evaluation and checkpoints are outside train_time_s
     assert perf["train_time_s"] + perf["compile_time_s"] < perf["wall_time_s"]
+    assert perf["processes"] == 1
     assert perf["train_steps_per_s"] == pytest.approx(6 / perf["train_time_s"])
     assert "eval_tuned/micro_f1" in results["validation_tuned"]
     assert "calibration" in results

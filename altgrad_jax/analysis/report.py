@@ -106,7 +106,8 @@ def answer_paragraph(a: dict | None, n_done: int, n_planned: int) -> str:
     if a is None:
         return ("**Not answerable yet.** The pooled model needs every primary arm (adamw_rtn, "
                 "adamw_sr, ulp_sr) completed on at least two formats, with residual degrees of "
-                f"freedom left.{missing}")
+                "freedom left; while the primary stage runs only complete seed blocks (every "
+                f"primary cell of a test seed) enter it, so it needs two of them.{missing}")
     by_f = {c.label.split(":")[0]: c for c in a["contrasts"][CONTROLS[0]]}
     rtn = {c.label.split(":")[0]: c for c in a["contrasts"][CONTROLS[1]]}
     best, second, bvr = a["best"], a["runner_up"], a["best_vs_runner_up"]
@@ -296,10 +297,16 @@ def _cost(all_recs) -> list[str]:
     if not walls or sps is None:
         return ["No completed run with throughput figures yet."]
     mean_wall = sum(walls) / len(walls)
+    # Records written before the wall time was carried across a resume count the last process
+    # only; one that resumed shows it by a wall time below its (cumulative) training time.
+    short = sum(1 for r in done if value(r, "perf/processes") is None
+                and (value(r, "perf/wall_time_s") or 0.0) < (value(r, "perf/train_time_s") or 0.0))
+    bound = (f" (a lower bound: {short} of these runs resumed before the wall time was carried "
+             "across processes, so theirs is their last process's only)" if short else "")
     return [f"{len(walls)} completed runs: median {sps:.2f} s per training step (two runs side by "
             f"side, one per core; training time only), mean wall time {mean_wall / 60:.1f} min "
             f"per run (compile, data, evaluations included), {sum(walls) / 3600:.1f} core-hours "
-            "in all. The seeds' full scale is "
+            f"in all{bound}. The seeds' full scale is "
             f"{FULL_SCALE_FLOP_RATIO:.0f}x the FLOPs per step: at this rate about "
             f"{sps * FULL_SCALE_FLOP_RATIO * 1000 / 3600:.0f} core-hours per 1,000-step run, "
             "out of reach on this CPU (the cost plan of the remaining cells: "
@@ -354,6 +361,31 @@ def _status(all_recs, plan) -> tuple[list[str], int, int]:
     return lines, len([n for n in prim if n in done]), len(prim)
 
 
+def _interim_note(seeds: list[int] | None, a: dict | None) -> str:
+    if seeds is None or a is None:
+        return ""
+    return ("**Interim** (the primary stage has not finished; the fit below uses the complete "
+            f"seed blocks only, seeds {', '.join(map(str, seeds))}: every cell of those seeds, "
+            "and nothing of a seed still running; the answer is the fit on every seed). ")
+
+
+def interim_seeds(all_recs: dict, plan: dict | None) -> list[int] | None:
+    """The seeds an interim analysis may use, or None once the primary stage has finished.
+
+    While a planned primary cell has no record yet, the pooled model is fitted on the complete
+    seed blocks only: the seeds whose every planned primary cell has finished (completed or
+    diverged). Every format then enters with the same seeds, so an interim contrast never
+    compares a format seen at two seeds with one seen at one, and no figure is read from a
+    model with a residual degree of freedom or two. Once every planned primary cell has a
+    record (or without a plan) every seed enters: the pre-registered analysis.
+    """
+    cells = [c for c in (plan or {}).get("cells", []) if c.get("stage") == "primary"]
+    if all(c["name"] in all_recs for c in cells):
+        return None
+    seeds = sorted({int(c["seed"]) for c in cells})
+    return [s for s in seeds if all(c["name"] in all_recs for c in cells if int(c["seed"]) == s)]
+
+
 def write_report(report_dir: str, *, plots: bool = True, n_boot: int = 2000) -> str:
     """Writes ``REPORT.md``, ``runs.csv`` and ``plots/*.png`` in ``report_dir``; returns the
     report's path.
@@ -370,10 +402,13 @@ def write_report(report_dir: str, *, plots: bool = True, n_boot: int = 2000) -> 
     recs = [r for r in all_recs.values() if r.get("status") == "completed"]
     test_recs = [r for r in recs if r.get("factor") is None and int(r["seed"]) != 0]
     status_lines, n_done, n_planned = _status(all_recs, plan)
-    a = analyse_primary(test_recs, n_boot=n_boot)
+    seeds = interim_seeds(all_recs, plan)
+    fit_recs = [r for r in test_recs if seeds is None or r.get("stage") != "primary"
+                or int(r["seed"]) in seeds]
+    a = analyse_primary(fit_recs, n_boot=n_boot)
     title = (plan or {}).get("study") or os.path.basename(os.path.abspath(report_dir))
     lines = [f"# {title}: which 8-bit format benefits most from ULP-aware updates?", "",
-             answer_paragraph(a, n_done, n_planned), ""]
+             _interim_note(seeds, a) + answer_paragraph(a, n_done, n_planned), ""]
     if any(r.get("dataset") == "synthetic" for r in recs):
         lines += [SYNTHETIC_BANNER, ""]
     lines += ["## Status", ""] + status_lines + [""]
@@ -381,8 +416,8 @@ def write_report(report_dir: str, *, plots: bool = True, n_boot: int = 2000) -> 
               f"Metric: {PRIMARY[1]}. One pooled OLS model `{stats.FORMULA}`; contrasts with 95% "
               "t-intervals, Holm across formats; G = (arm − adamw_rtn) / (fp32 − adamw_rtn); "
               "P(winner) from a seeded residual bootstrap.", ""]
-    lines += (_primary_table(a, test_recs) if a else _cells_so_far(test_recs)) + [""]
-    lines += ["## Secondary metrics", ""] + _secondary(test_recs)
+    lines += (_primary_table(a, fit_recs) if a else _cells_so_far(test_recs)) + [""]
+    lines += ["## Secondary metrics", ""] + _secondary(fit_recs)
     fmts = _order(r["format"] for r in test_recs)
     lines += ["## Mechanism (tail mean over the last 20% of diagnostics steps; rank: last)", "",
               "Fraction of updates below half a grid step, mean |grid steps| moved per updated "

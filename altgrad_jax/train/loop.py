@@ -85,7 +85,6 @@ class Run:
     ckpt: io_lib.Checkpointer
     fallback: Any
     console: io_lib.Console
-    wall_start: float
     undo_logs: Any
     placement: Any = None
     writers: Any = None
@@ -209,6 +208,7 @@ def _placement(config) -> Placement:
 def _setup(config, workdir: str) -> Run:
     """Run folder, log routing, data, programs and a fresh state (phase 1)."""
     os.makedirs(workdir, exist_ok=True)
+    timer = periodic.PerfTimer(int(config.train.batch_size))  # the run's wall clock starts here
     # Route library logs first: the first device query prints XLA's backend probing at INFO.
     undo_logs = io_lib.route_library_logs(workdir, verbose=bool(config.log.verbose))
     try:
@@ -235,7 +235,6 @@ def _setup(config, workdir: str) -> Run:
     console.line(io_lib.data_summary_line(bundle.info))
     options = _step_options(config)
     fallback, policy = _make_fallback(config, build_policy(config.quant), workdir, latest)
-    timer = periodic.PerfTimer(int(config.train.batch_size))
     programs = build_programs(config, policy, bundle, options, timer, placement=placement)
     init_key, dropout_key = jax.random.split(jax.random.key(int(config.train.seed)))
     dummy = jnp.zeros((1, config.data.max_length), jnp.int32)
@@ -248,7 +247,7 @@ def _setup(config, workdir: str) -> Run:
                                         seed=int(config.data.seed))
     run = Run(config=config, workdir=workdir, bundle=bundle, options=options, policy=policy,
               programs=programs, state=state, train_iter=train_iter, ckpt=ckpt,
-              fallback=fallback, console=console, wall_start=time.time(), undo_logs=undo_logs,
+              fallback=fallback, console=console, undo_logs=undo_logs,
               timer=timer, placement=placement)
     run.num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     return run
@@ -365,7 +364,7 @@ def _finish_diverged(run: Run, error: Exception) -> None:
     write_json(os.path.join(run.workdir, "results.json"),
                {"status": "diverged", "step": run.step, "reason": str(error),
                 "workdir": run.workdir,
-                "perf": run.timer.results(time.time() - run.wall_start)})
+                "perf": run.timer.results()})
     run.console.line(f"diverged at step {run.step}: {error}")
 
 

@@ -31,24 +31,33 @@ def _host(metrics: dict) -> dict:
 
 
 class PerfTimer:
-    """Training-only time: train steps (incl. diagnostics steps), no compile/eval/ckpt/rank/shadow.
+    """Training-only time: train steps (incl. diagnostics steps), no compile/eval/ckpt/rank/shadow;
+    and the run's wall time (``wall_time_s``: every process's seconds from setup to results).
 
-    Cumulative figures survive a resume through ``state_dict``.
+    Cumulative figures survive a resume through ``state_dict``: a run that stopped and resumed
+    reports the sum over its processes (``processes`` of them), up to each one's last checkpoint
+    (steps lost to an interruption after it are trained again and counted once). Checkpoints
+    written before ``wall_s`` was saved restore 0 for it: such a run's wall time is its last
+    process's only.
     """
 
     def __init__(self, batch_size: int):
         self.batch_size = batch_size
         self.vmap_seeds = 1  # runs sharing each timed step (altgrad_jax.train.seeds)
-        self.train_s = self.compile_s = 0.0
+        self.train_s = self.compile_s = self.wall_before = 0.0
         self.steps = self.tokens = 0
+        self.processes = 1
+        self._wall_start = time.time()
         self._w = [0.0, 0, 0]  # window: seconds, steps, tokens
 
     def load_state_dict(self, s: dict) -> None:
         """Adds a checkpoint's totals (a resume; this process's compile time stays counted)."""
         self.train_s += float(s.get("train_s", 0.0))
         self.compile_s += float(s.get("compile_s", 0.0))
+        self.wall_before += float(s.get("wall_s", 0.0))
         self.steps += int(s.get("steps", 0))
         self.tokens += int(s.get("tokens", 0))
+        self.processes += int(s.get("processes", 1))
 
     def add(self, seconds: float, tokens: int) -> None:
         self.train_s += seconds
@@ -63,17 +72,20 @@ class PerfTimer:
         return {"perf/steps_per_s": n / dt, "perf/samples_per_s": n * self.batch_size / dt,
                 "perf/tokens_per_s": tok / dt}
 
+    def wall_s(self) -> float:
+        return self.wall_before + time.time() - self._wall_start
+
     def state_dict(self) -> dict:
         return {"train_s": self.train_s, "compile_s": self.compile_s, "steps": self.steps,
-                "tokens": self.tokens}
+                "tokens": self.tokens, "wall_s": self.wall_s(), "processes": self.processes}
 
-    def results(self, wall_time_s: float) -> dict:
+    def results(self) -> dict:
         t = max(self.train_s, 1e-9)
         return {"train_steps_per_s": self.steps / t,
                 "train_samples_per_s": self.steps * self.batch_size / t,
                 "train_tokens_per_s": self.tokens / t, "train_time_s": self.train_s,
-                "compile_time_s": self.compile_s, "wall_time_s": wall_time_s,
-                "vmap_seeds": self.vmap_seeds}
+                "compile_time_s": self.compile_s, "wall_time_s": self.wall_s(),
+                "processes": self.processes, "vmap_seeds": self.vmap_seeds}
 
 
 class NonfiniteGuard:

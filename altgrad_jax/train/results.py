@@ -153,7 +153,7 @@ def final_results(run) -> dict:
                      "dataset": run.bundle.info.get("dataset"), "workdir": run.workdir}
     if run.status == "completed":
         results.update(_final_evaluation(run))
-    perf = run.timer.results(time.time() - run.wall_start)
+    perf = run.timer.results()
     results.update({
         "perf": perf, "train_time_s": perf["train_time_s"], "wall_time_s": perf["wall_time_s"],
         "steps_per_s": perf["train_steps_per_s"], "samples_per_s": perf["train_samples_per_s"],
