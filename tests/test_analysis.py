@@ -251,7 +251,8 @@ def test_only_completed_runs_enter_the_tables(tmp_path):
     assert "| E4M3 | ulp_sr | — | — | 0.2500 (n=1) |" in mech_section
     assert "0.99" not in text
     assert "`E4M3__ulp_sr__s2`: diverged" in text and "`E4M3__ulp_sr__s3`: interrupted" in text
-    assert "- stage primary, 1 never finished: `E4M3__ulp_sr__s4`" in text
+    assert "- stage primary, 1 not run yet: `E4M3__ulp_sr__s4`" in text
+    assert "| primary | 4 | 1 | 2 | 1 |" in text  # cells, completed, stopped, not run yet
     assert "1 of 4 primary cells completed" in text
     csv = open(os.path.join(d, "runs.csv")).read().splitlines()
     assert len(csv) == 4  # every recorded run, header + 3

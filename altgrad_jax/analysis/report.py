@@ -337,27 +337,37 @@ def _bracket_edges(recs, chosen: dict) -> list[str]:
 
 
 def _status(all_recs, plan) -> tuple[list[str], int, int]:
+    """A table of cells per stage (planned, completed, stopped, not run), the stopped runs by
+    name and reason, the names of the cells not run yet (folded); and the primary counts."""
     planned = [c for c in (plan or {}).get("cells", [])]
     names = {c["name"] for c in planned} | set(all_recs)
     done = {n for n, r in all_recs.items() if r.get("status") == "completed"}
     prim = [c["name"] for c in planned if c.get("stage") == "primary"]
-    lines = [f"Cells: {len(names)} planned or recorded, {len(done)} completed."]
     order = [c["name"] for c in planned] + sorted(set(all_recs) - {c["name"] for c in planned})
     stage_of = {c["name"]: c.get("stage", "?") for c in planned}
+    stage_of.update({n: all_recs[n].get("stage", "?") for n in all_recs if n not in stage_of})
     stopped = [n for n in order if n in all_recs and n not in done]
     missing: dict[str, list[str]] = {}
     for n in order:
         if n not in all_recs:
-            missing.setdefault(stage_of.get(n, "?"), []).append(n)
-    if stopped or missing:
-        lines += ["", "Not completed (excluded from every table):", ""]
+            missing.setdefault(stage_of[n], []).append(n)
+    stages = list(dict.fromkeys(stage_of[n] for n in order))
+    rows = [[st, sum(stage_of[n] == st for n in order), sum(stage_of[n] == st for n in done),
+             sum(stage_of[n] == st for n in stopped), len(missing.get(st, []))] for st in stages]
+    lines = [f"Cells: {len(names)} planned or recorded, {len(done)} completed.", ""]
+    lines += _table(["stage", "cells", "completed", "stopped", "not run yet"], rows)
+    if stopped:
+        lines += ["", "Stopped (excluded from every table):", ""]
     for n in stopped:
         r = all_recs[n]
         lines.append(f"- `{n}`: {r.get('status', '?')} at step {r.get('step')}"
                      + (f": {r.get('reason')}" if r.get("reason") else ""))
-    for stage, ns in missing.items():
-        lines.append(f"- stage {stage}, {len(ns)} never finished: "
-                     + ", ".join(f"`{n}`" for n in ns))
+    if missing:
+        lines += ["", f"<details><summary>The {sum(map(len, missing.values()))} cells not run "
+                  "yet (excluded from every table)</summary>", ""]
+        lines += [f"- stage {stage}, {len(ns)} not run yet: " + ", ".join(f"`{n}`" for n in ns)
+                  for stage, ns in missing.items()]
+        lines += ["", "</details>"]
     return lines, len([n for n in prim if n in done]), len(prim)
 
 
