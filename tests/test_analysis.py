@@ -406,3 +406,19 @@ def test_report_ranks_the_benefit_against_the_controls_mechanism(tmp_path):
     rows = [ln for ln in mech.splitlines() if ln.startswith("| diag/")]
     assert rows[0].startswith("| diag/below_half_step | +1.00 |") and rows[0].endswith("| 7 |")
     assert rows[1].startswith("| diag/flips | -1.00 |") and len(rows) == 2  # no other figure
+
+
+def test_primary_plot_adds_the_contrast_panel_when_the_model_fits(tmp_path):
+    """With the pooled model's contrasts the figure gains a second panel (wider PNG)."""
+    import matplotlib.image
+
+    from altgrad_jax.analysis import plots as plots_lib
+
+    recs = _planted({"E0M7": 0.02}, seeds=(1, 2))
+    a = report_lib.analyse_primary(recs, n_boot=50)
+    fmts = list(a["fit"].formats)
+    one = plots_lib.plot_metric_by_format(recs, str(tmp_path / "one.png"), METRIC, fmts, ARMS, "y")
+    two = plots_lib.plot_metric_by_format(recs, str(tmp_path / "two.png"), METRIC, fmts, ARMS, "y",
+                                          contrasts=a["contrasts"])
+    w1, w2 = (matplotlib.image.imread(p).shape[1] for p in (one, two))
+    assert w2 - w1 > 250  # the 4.5-inch panel at 80 dpi (bbox "tight" trims the margins)

@@ -1,7 +1,8 @@
 """Plots of a study, drawn from its records alone (PNG, matplotlib's Agg canvas; pyplot and the
 global backend are untouched).
 
-* `plot_metric_by_format`: a metric per format, one bar per arm, 95% t-interval bars, seeds as dots.
+* `plot_metric_by_format`: a metric per format x arm (mean, 95% t interval, seeds as dots), and
+  beside it the pooled model's contrasts per format with their intervals.
 * `plot_mechanism`: one panel per mechanism figure (tail mean over the run) against the format.
 * `plot_learning_curves`: train loss against step, one panel per format, one colour per arm.
 """
@@ -20,6 +21,16 @@ from altgrad_jax.analysis.records import value
 from altgrad_jax.analysis.stats import mean_ci
 
 
+MECHANISM_TITLES = {  # panel titles of `plot_mechanism` (tail means per diagnostics step)
+    "diag/below_half_step": "updates below half a grid step (fraction)",
+    "diag/grid_steps_mean_abs": "mean |grid steps| moved per coordinate",
+    "diag/stall_ratio": "stall ratio (updated, not moved)",
+    "diag/flips": "kernel weights moved per diagnostics step",
+    "diag/updates": "kernel coordinates updated",
+    "rank/effective_mean": "effective rank (mean over kernels)",
+}
+
+
 def _save(fig: Figure, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     FigureCanvasAgg(fig)
@@ -33,27 +44,51 @@ def _values(records, fmt, arm, key) -> list[float]:
 
 
 def plot_metric_by_format(records: Sequence[dict], path: str, metric: str, formats: Sequence[str],
-                          arms: Sequence[str], ylabel: str) -> str:
-    """Grouped bars: mean of ``metric`` per format x arm with the 95% t interval; seeds as dots."""
-    fig = Figure(figsize=(max(6.0, 0.5 * len(formats) * len(arms) + 2), 4.0))
-    ax = fig.add_subplot(1, 1, 1)
+                          arms: Sequence[str], ylabel: str,
+                          contrasts: dict[str, Sequence] | None = None) -> str:
+    """Left: mean of ``metric`` per format x arm with its 95% t interval over seeds (the seeds as
+    dots), on an axis fitted to the data (differences of a few 0.001 stay visible). Right, when
+    ``contrasts`` is given ({control: [`stats.Contrast` per format]}, labels ``"<format>: ..."``):
+    the pooled model's contrasts with their 95% intervals against a line at 0."""
+    panels = 2 if contrasts else 1
+    fig = Figure(figsize=(max(6.0, 0.45 * len(formats) * len(arms) + 2) + 4.5 * (panels - 1),
+                          4.0))
+    ax = fig.add_subplot(1, panels, 1)
     width = 0.8 / max(1, len(arms))
     x = np.arange(len(formats))
     for j, arm in enumerate(arms):
         xs = x - 0.4 + width * (j + 0.5)
         summ = [mean_ci(_values(records, f, arm, metric)) for f in formats]
-        means = [s.mean for s in summ]
         errs = [0.0 if not math.isfinite(s.half_width) else s.half_width for s in summ]
-        ax.bar(xs, means, width, yerr=errs, capsize=3, label=arm, alpha=0.8)
+        ax.errorbar(xs, [s.mean for s in summ], yerr=errs, fmt="o", color=f"C{j}", capsize=3,
+                    markersize=5, label=arm)
         for xi, f in zip(xs, formats):
             pts = _values(records, f, arm, metric)
-            ax.plot([xi] * len(pts), pts, "k.", markersize=3)
+            ax.plot([xi] * len(pts), pts, ".", color=f"C{j}", markersize=3, alpha=0.5)
     ax.set_xticks(x)
     ax.set_xticklabels(formats, rotation=30)
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{ylabel} (mean, 95% t-interval, dots = seeds)")
+    ax.set_title("mean, 95% t-interval over seeds (small dots: seeds)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
+    if contrasts:
+        ax2 = fig.add_subplot(1, panels, 2)
+        shift = 0.3 / max(1, len(contrasts))
+        for k, (control, cs) in enumerate(contrasts.items()):
+            by_f = {c.label.split(":")[0]: c for c in cs}
+            xs = [i + shift * (k - (len(contrasts) - 1) / 2) for i, f in enumerate(formats)
+                  if f in by_f]
+            got = [by_f[f] for f in formats if f in by_f]
+            ax2.errorbar(xs, [c.estimate for c in got],
+                         yerr=[[c.estimate - c.lo for c in got], [c.hi - c.estimate for c in got]],
+                         fmt="s", capsize=3, markersize=4, label=f"ulp_sr − {control}")
+        ax2.axhline(0.0, color="k", linewidth=0.8)
+        ax2.set_xticks(x)
+        ax2.set_xticklabels(formats, rotation=30)
+        ax2.set_ylabel(f"difference in {ylabel}")
+        ax2.set_title("pooled-model contrasts, 95% t-intervals", fontsize=9)
+        ax2.grid(axis="y", alpha=0.3)
+        ax2.legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -68,7 +103,7 @@ def plot_mechanism(records: Sequence[dict], path: str, keys: Sequence[str],
             ax.plot(range(len(formats)), ys, "o-", label=arm, markersize=3)
         ax.set_xticks(range(len(formats)))
         ax.set_xticklabels(formats, rotation=45, fontsize=7)
-        ax.set_title(key, fontsize=9)
+        ax.set_title(MECHANISM_TITLES.get(key, key), fontsize=9)
         ax.grid(alpha=0.3)
         if i == 0:
             ax.legend(fontsize=7)
@@ -95,6 +130,10 @@ def plot_learning_curves(records: Sequence[dict], path: str, formats: Sequence[s
             seen.add(r["arm"])
         ax.set_title(f, fontsize=9)
         ax.grid(alpha=0.3)
+        if i % cols == 0:
+            ax.set_ylabel("train loss (log every 50 steps)", fontsize=8)
+        if i >= len(formats) - cols:
+            ax.set_xlabel("step", fontsize=8)
         if seen:
             ax.legend(fontsize=6)
     return _save(fig, path)

@@ -456,18 +456,22 @@ def write_report(report_dir: str, *, plots: bool = True, n_boot: int = 2000) -> 
         os.path.join(report_dir, "runs.csv"), index=False)
     lines += ["Every run: [runs.csv](runs.csv).", ""]
     if plots and recs:
-        lines += _plots(report_dir, test_recs, fmts)
+        lines += _plots(report_dir, test_recs, fit_recs, fmts, a)
     path = os.path.join(report_dir, "REPORT.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))
     return path
 
 
-def _plots(report_dir, recs, fmts) -> list[str]:
+def _plots(report_dir, recs, fit_recs, fmts, a: dict | None) -> list[str]:
+    """The primary metric (the fit's records beside its contrasts), the mechanism and the
+    learning curves (every completed test record)."""
     d = os.path.join(report_dir, "plots")
     prim = [f for f in fmts if any(r["format"] == f and r["arm"] in PRIMARY_ARMS for r in recs)]
-    plots_lib.plot_metric_by_format(recs, os.path.join(d, "primary_by_format.png"), PRIMARY[0],
-                                    prim, PRIMARY_ARMS, PRIMARY[1])
+    plots_lib.plot_metric_by_format(fit_recs if a else recs,
+                                    os.path.join(d, "primary_by_format.png"), PRIMARY[0],
+                                    prim, PRIMARY_ARMS, PRIMARY[1],
+                                    contrasts=a["contrasts"] if a else None)
     plots_lib.plot_mechanism(recs, os.path.join(d, "mechanism.png"), MECHANISM_KEYS[:3], prim,
                              PRIMARY_ARMS)
     plots_lib.plot_learning_curves(recs, os.path.join(d, "learning_curves.png"), prim,
