@@ -68,12 +68,17 @@ def _order(values) -> list[str]:
     return [f for f in FORMAT_ORDER if f in vals] + sorted(vals - set(FORMAT_ORDER))
 
 
-def _mean_cell(recs, fmt, arm, key) -> str:
+def _mean_cell(recs, fmt, arm, key, digits: int = 4) -> str:
     s = stats.mean_ci([v for r in recs if r["format"] == fmt and r["arm"] == arm
                        and (v := value(r, key)) is not None])
     if s.n == 0:
         return "—"
-    return f"{s.mean:.4f} (n=1)" if s.n == 1 else f"{s.mean:.4f} ± {s.half_width:.4f} (n={s.n})"
+    if s.n == 1:
+        return f"{s.mean:.{digits}f} (n=1)"
+    return f"{s.mean:.{digits}f} ± {s.half_width:.{digits}f} (n={s.n})"
+
+
+MECHANISM_DIGITS = {"diag/flips": 1, "diag/updates": 0, "rank/effective_mean": 2}  # counts, ranks
 
 
 def analyse_primary(records: Sequence[dict], metric: str = PRIMARY[0], *, n_boot: int = 2000,
@@ -188,7 +193,8 @@ def _mechanism(recs, formats, a: dict | None) -> list[str]:
     for f in formats:
         for arm in ARMS:
             if any(r["format"] == f and r["arm"] == arm for r in recs):
-                rows.append([f, arm, *(_mean_cell(recs, f, arm, _mech_key(k))
+                rows.append([f, arm, *(_mean_cell(recs, f, arm, _mech_key(k),
+                                                  MECHANISM_DIGITS.get(k, 4))
                                        for k in MECHANISM_KEYS),
                              benefit.get(f, "—") if arm == TREATMENT else ""])
     return _table(["format", "arm", *MECHANISM_KEYS, "benefit ulp_sr − adamw_sr"], rows)
