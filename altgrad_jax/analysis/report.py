@@ -154,7 +154,7 @@ def _primary_table(a: dict, recs) -> list[str]:
 def _cells_so_far(recs) -> list[str]:
     """Before the pooled model can be fitted: the completed primary cells' means per format x arm
     (descriptive; no contrast, no interval is claimed from them)."""
-    prim = [r for r in recs if r["arm"] in PRIMARY_ARMS and r.get("stage") == "primary"]
+    prim = [r for r in recs if stats.is_primary_record(r, PRIMARY[0], PRIMARY_ARMS)]
     if not prim:
         return ["Not enough completed cells yet."]
     rows = [[f, *(_mean_cell(prim, f, arm, PRIMARY[0]) for arm in PRIMARY_ARMS)]

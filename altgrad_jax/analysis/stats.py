@@ -135,16 +135,22 @@ def primary_frame(records: Iterable[dict], metric: str, arms: Sequence[str],
                   ) -> pd.DataFrame:
     """(format, arm, seed, y) of the completed, non-tuning records of ``arms`` in ``stage`` (the
     primary contrast; BF16 references and the E1M6 check live in other stages; None = any)."""
-    rows = []
-    for r in records:
-        v = (r.get("metrics") or {}).get(metric)
-        if (r.get("status") == "completed" and r.get("factor") is None and r["arm"] in arms
-                and (stage is None or r.get("stage") == stage)
-                and r["format"] != "none" and int(r["seed"]) not in exclude_seeds
-                and isinstance(v, (int, float)) and math.isfinite(v)):
-            rows.append({"format": r["format"], "arm": r["arm"], "seed": int(r["seed"]),
-                         "y": float(v)})
+    rows = [{"format": r["format"], "arm": r["arm"], "seed": int(r["seed"]),
+             "y": float(r["metrics"][metric])}
+            for r in records if is_primary_record(r, metric, arms, exclude_seeds, stage)]
     return pd.DataFrame(rows, columns=["format", "arm", "seed", "y"])
+
+
+def is_primary_record(r: dict, metric: str, arms: Sequence[str],
+                      exclude_seeds: Sequence[int] = (0,), stage: str | None = "primary") -> bool:
+    """Whether record ``r`` enters the primary analysis of ``metric`` (`primary_frame`'s rows):
+    completed, not a tuning run, an arm of ``arms`` in ``stage``, a quantized format, a test
+    seed, and a finite value of ``metric``."""
+    v = (r.get("metrics") or {}).get(metric)
+    return (r.get("status") == "completed" and r.get("factor") is None and r["arm"] in arms
+            and (stage is None or r.get("stage") == stage)
+            and r["format"] != "none" and int(r["seed"]) not in exclude_seeds
+            and isinstance(v, (int, float)) and math.isfinite(v))
 
 
 def fit_pooled(df: pd.DataFrame, arms: Sequence[str], *, formats: Sequence[str] | None = None,
