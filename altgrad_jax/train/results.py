@@ -44,6 +44,17 @@ def _flatten(d: Any, prefix: str = "") -> dict:
     return out
 
 
+def _added_at_old_behaviour(key: str, old_flat: dict, new_flat: dict) -> bool:
+    """A field the run's config predates, set to the value that reproduces the code before it."""
+    return (key not in old_flat and key in _ADDED_FIELDS
+            and new_flat.get(key) == _ADDED_FIELDS[key])
+
+
+def _resume_mutable(key: str) -> bool:
+    """A field (or a field under a ``"group."`` prefix) of ``_RESUME_MUTABLE``."""
+    return any(key == m or (m.endswith(".") and key.startswith(m)) for m in _RESUME_MUTABLE)
+
+
 def check_config_unchanged(path: str, config_dict: dict) -> None:
     """Raises ValueError naming the fields when the run folder holds a different experiment.
 
@@ -55,10 +66,8 @@ def check_config_unchanged(path: str, config_dict: dict) -> None:
     new_flat, old_flat = _flatten(json.loads(json.dumps(config_dict))), _flatten(old)
     changed = sorted(k for k in set(new_flat) | set(old_flat)
                      if new_flat.get(k) != old_flat.get(k)
-                     and not (k not in old_flat and k in _ADDED_FIELDS
-                              and new_flat[k] == _ADDED_FIELDS[k])
-                     and not any(k == m or (m.endswith(".") and k.startswith(m))
-                                 for m in _RESUME_MUTABLE))
+                     and not _added_at_old_behaviour(k, old_flat, new_flat)
+                     and not _resume_mutable(k))
     if changed:
         details = ", ".join(f"{k}: {old_flat.get(k)!r} -> {new_flat.get(k)!r}" for k in changed)
         raise ValueError(
