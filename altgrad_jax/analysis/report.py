@@ -47,6 +47,11 @@ CAVEATS = (
     "What is quantized: the dense kernels (attention and MLP) in the named format; the embedding "
     "table is its own factor (`quant.embedding_format`, float32 here unless a record says "
     "otherwise); head, biases and LayerNorm stay float32 and get plain AdamW in every arm.",
+    "Machines: the study runs in stretches, not all on the same box (2-core CPU machines of one "
+    "kind; the seventh stretch's box trained ~2.7x faster per step than the earlier one's). The "
+    "Cost section's step time mixes them, and XLA's arithmetic may differ in the last bits "
+    "between machines; seeds run in blocks (`seed_blocks`), so such drift falls across seeds, "
+    "which the model absorbs, never across formats within a seed block.",
 )
 
 
