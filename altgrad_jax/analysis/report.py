@@ -50,8 +50,10 @@ CAVEATS = (
     "Machines: the study runs in stretches, not all on the same box (2-core CPU machines of one "
     "kind; the seventh stretch's box trained ~2.7x faster per step than the earlier one's). The "
     "Cost section's step time mixes them, and XLA's arithmetic may differ in the last bits "
-    "between machines; seeds run in blocks (`seed_blocks`), so such drift falls across seeds, "
-    "which the model absorbs, never across formats within a seed block.",
+    "between machines. In the primary stage seed 1's E0M7-E4M3 cells ran on the first box and "
+    "everything from its E5M2 cells on the second; the three arms of one format and seed always "
+    "ran on one box, so a per-format contrast never spans two machines, and last-bit "
+    "differences act as another random stream (noise), not as an effect of an arm.",
 )
 
 
