@@ -1,6 +1,7 @@
 """The whole loop on the smoke config: run folder, exact resume, NaN path, errors, no recompiles."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -287,8 +288,16 @@ def _golden_metrics(workdir):
 
 
 def _check_golden(name, workdir):
-    """Bit-for-bit against tests/data/golden_smoke_<name>.json (regenerate only with a reason:
-    ALTGRAD_REGEN_GOLDEN="<why>" rewrites it from this run)."""
+    """Against tests/data/golden_smoke_<name>.json within ``GOLDEN_RTOL`` / ``GOLDEN_ATOL``
+    (regenerate only with a reason: ALTGRAD_REGEN_GOLDEN="<why>" rewrites it from this run).
+
+    Bit-for-bit on the machine that wrote the file, but XLA:CPU's code differs between CPU
+    models. Measured on the seventh stretch's box (same kind, another CPU), of 73 metrics each:
+    e5m2 15 moved, fp32 12, in their last bits: at most 2.4e-7 relative on fp32 (rank 12.070562
+    -> 12.070565), 2.9e-6 absolute (that rank), and 7.5e-6 relative on a difference of two
+    losses (3:shadow/loss_gap 0.00795269 -> 0.00795263, 6e-8 absolute). A change to the numerics
+    (scale recipe, rounding, optimizer defaults) moves them by far more.
+    """
     golden = _golden(name)
     got = _golden_metrics(workdir)
     reason = os.environ.get("ALTGRAD_REGEN_GOLDEN")
@@ -296,9 +305,14 @@ def _check_golden(name, workdir):
         golden.update(metrics=got, reason=reason)
         with open(os.path.join(ROOT, "tests", "data", f"golden_smoke_{name}.json"), "w") as f:
             json.dump(golden, f, indent=1, sort_keys=True)
-    diff = {k: (golden["metrics"].get(k), got.get(k)) for k in set(golden["metrics"]) | set(got)
-            if golden["metrics"].get(k) != got.get(k)}
+    want = golden["metrics"]
+    assert set(got) == set(want), sorted(set(got) ^ set(want))[:8]
+    diff = {k: (want[k], got[k]) for k in want
+            if not math.isclose(want[k], got[k], rel_tol=GOLDEN_RTOL, abs_tol=GOLDEN_ATOL)}
     assert not diff, f"{len(diff)} metrics moved, e.g. {sorted(diff.items())[:4]}"
+
+
+GOLDEN_RTOL, GOLDEN_ATOL = 1e-5, 1e-6  # last bits between CPU models, see `_check_golden`
 
 
 # WordPiece training is not reproducible across processes, so the goldens pin the committed smoke
