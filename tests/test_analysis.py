@@ -389,6 +389,9 @@ def test_rank_association_matches_a_hand_computed_spearman():
     nan = stats.rank_association({"a": 1, "b": 2, "c": 3, "d": 4, "e": 5},
                                  {"a": 1, "b": 2, "c": 3, "d": 4, "e": float("nan")})
     assert nan.n == 4 and nan.rho == pytest.approx(1.0)
+    # a figure that is the same on every format (e.g. the coordinates updated) ranks nothing
+    assert stats.rank_association({"a": 1, "b": 2, "c": 3, "d": 4},
+                                  {"a": 7, "b": 7, "c": 7, "d": 7}) is None
 
 
 def test_report_ranks_the_benefit_against_the_controls_mechanism(tmp_path):
@@ -399,13 +402,16 @@ def test_report_ranks_the_benefit_against_the_controls_mechanism(tmp_path):
     for r in recs:
         i = FORMATS.index(r["format"])
         r["mechanism"] = {"diag/below_half_step": {"tail": 0.5 + 0.05 * i},
-                          "diag/flips": {"tail": 100.0 - i}}
+                          "diag/flips": {"tail": 100.0 - i}, "diag/updates": {"tail": 64.0}}
     text = open(report_lib.write_report(_study_dir(tmp_path, recs), plots=False,
                                         n_boot=50)).read()
     mech = text[text.index("## Mechanism"):text.index("## The seeds")]
     rows = [ln for ln in mech.splitlines() if ln.startswith("| diag/")]
-    assert rows[0].startswith("| diag/below_half_step | +1.00 |") and rows[0].endswith("| 7 |")
-    assert rows[1].startswith("| diag/flips | -1.00 |") and len(rows) == 2  # no other figure
+    assert rows[0].startswith("| diag/below_half_step | +1.00 | < 0.001 |")
+    assert rows[0].endswith("| 7 |")
+    assert rows[1].startswith("| diag/flips | -1.00 |")
+    assert rows[2].startswith("| diag/updates | — (the same on every format) |")
+    assert len(rows) == 3  # no other figure
 
 
 def test_primary_plot_adds_the_contrast_panel_when_the_model_fits(tmp_path):

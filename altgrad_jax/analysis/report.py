@@ -61,6 +61,10 @@ def _f(v, d=4) -> str:
     return "—" if v is None or not math.isfinite(v) else f"{v:.{d}f}"
 
 
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3g}"
+
+
 def _ci(c) -> str:
     return f"{c.estimate:+.4f} [{c.lo:+.4f}, {c.hi:+.4f}]"
 
@@ -222,7 +226,9 @@ def _mechanism_link(recs, a: dict | None) -> list[str]:
             mech[f] = s.mean if s.n else None
         assoc = stats.rank_association(benefit, mech)
         if assoc is not None:
-            rows.append([k, f"{assoc.rho:+.2f}", f"{assoc.p:.3g}", assoc.n])
+            rows.append([k, f"{assoc.rho:+.2f}", _p(assoc.p), assoc.n])
+        elif len({v for v in mech.values() if v is not None}) == 1:
+            rows.append([k, "— (the same on every format)", "", ""])
     if not rows:
         return ["Rank association with the benefit: needs at least 4 formats with the benefit "
                 "and the figure.", ""]
