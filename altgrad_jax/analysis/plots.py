@@ -81,7 +81,8 @@ def plot_metric_by_format(records: Sequence[dict], path: str, metric: str, forma
             got = [by_f[f] for f in formats if f in by_f]
             ax2.errorbar(xs, [c.estimate for c in got],
                          yerr=[[c.estimate - c.lo for c in got], [c.hi - c.estimate for c in got]],
-                         fmt="s", capsize=3, markersize=4, label=f"ulp_sr − {control}")
+                         fmt="s", capsize=3, markersize=4, label=f"ulp_sr − {control}",
+                         color=f"C{list(arms).index(control)}" if control in arms else None)
         ax2.axhline(0.0, color="k", linewidth=0.8)
         ax2.set_xticks(x)
         ax2.set_xticklabels(formats, rotation=30)
