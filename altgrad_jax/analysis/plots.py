@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from altgrad_jax.analysis.records import value
-from altgrad_jax.analysis.stats import mean_ci
+from altgrad_jax.analysis.stats import by_format, mean_ci
 
 
 MECHANISM_TITLES = {  # panel titles of `plot_mechanism` (tail means per diagnostics step)
@@ -75,13 +75,14 @@ def plot_metric_by_format(records: Sequence[dict], path: str, metric: str, forma
         ax2 = fig.add_subplot(1, panels, 2)
         shift = 0.3 / max(1, len(contrasts))
         for k, (control, cs) in enumerate(contrasts.items()):
-            by_f = {c.label.split(":")[0]: c for c in cs}
+            by_f = by_format(cs)
             xs = [i + shift * (k - (len(contrasts) - 1) / 2) for i, f in enumerate(formats)
                   if f in by_f]
             got = [by_f[f] for f in formats if f in by_f]
             ax2.errorbar(xs, [c.estimate for c in got],
                          yerr=[[c.estimate - c.lo for c in got], [c.hi - c.estimate for c in got]],
-                         fmt="s", capsize=3, markersize=4, label=f"ulp_sr − {control}",
+                         fmt="s", capsize=3, markersize=4,
+                         label=got[0].label.split(": ", 1)[1] if got else control,
                          color=f"C{list(arms).index(control)}" if control in arms else None)
         ax2.axhline(0.0, color="k", linewidth=0.8)
         ax2.set_xticks(x)

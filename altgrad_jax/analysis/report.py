@@ -124,8 +124,8 @@ def answer_paragraph(a: dict | None, n_done: int, n_planned: int) -> str:
                 "adamw_sr, ulp_sr) completed on at least two formats, with residual degrees of "
                 "freedom left; while the primary stage runs only complete seed blocks (every "
                 f"primary cell of a test seed) enter it, so it needs two of them.{missing}")
-    by_f = {c.label.split(":")[0]: c for c in a["contrasts"][CONTROLS[0]]}
-    rtn = {c.label.split(":")[0]: c for c in a["contrasts"][CONTROLS[1]]}
+    by_f = stats.by_format(a["contrasts"][CONTROLS[0]])
+    rtn = stats.by_format(a["contrasts"][CONTROLS[1]])
     best, second, bvr = a["best"], a["runner_up"], a["best_vs_runner_up"]
     b = by_f[best]
     sig = [f for f, c in by_f.items() if c.p_holm < 0.05 and c.estimate > 0]
@@ -150,8 +150,8 @@ def answer_paragraph(a: dict | None, n_done: int, n_planned: int) -> str:
 
 def _primary_table(a: dict, recs) -> list[str]:
     rows = []
-    c_sr = {c.label.split(":")[0]: c for c in a["contrasts"]["adamw_sr"]}
-    c_rtn = {c.label.split(":")[0]: c for c in a["contrasts"]["adamw_rtn"]}
+    c_sr = stats.by_format(a["contrasts"]["adamw_sr"])
+    c_rtn = stats.by_format(a["contrasts"]["adamw_rtn"])
     for f in a["fit"].formats:
         rows.append([f, *(_mean_cell(recs, f, arm, PRIMARY[0]) for arm in PRIMARY_ARMS),
                      _ci(c_sr[f]), f"{c_sr[f].p_holm:.3g}", _ci(c_rtn[f]),
@@ -183,8 +183,8 @@ def _secondary(records) -> list[str]:
         if a is None:
             lines += ["Not enough completed cells.", ""]
             continue
-        rows = [[c.label.split(":")[0], _ci(c), f"{c.p_holm:.3g}"]
-                for c in a["contrasts"]["adamw_sr"]]
+        rows = [[f, _ci(c), f"{c.p_holm:.3g}"]
+                for f, c in stats.by_format(a["contrasts"]["adamw_sr"]).items()]
         lines += _table(["format", "ulp_sr − adamw_sr [95% CI]", "Holm p"], rows) + [""]
         lines += [f"Best: {a['best']}; best − runner-up ({a['runner_up']}) "
                   f"{_ci(a['best_vs_runner_up'])}.", ""]
@@ -198,8 +198,8 @@ def _mech_key(k: str) -> str:
 
 def _mechanism(recs, formats, a: dict | None) -> list[str]:
     """Mechanism figures per format x arm, beside the format's benefit (ulp_sr − adamw_sr)."""
-    benefit = {c.label.split(":")[0]: _ci(c) for c in (a or {}).get("contrasts", {}).get(
-        CONTROLS[0], [])}
+    benefit = {f: _ci(c) for f, c in stats.by_format(
+        (a or {}).get("contrasts", {}).get(CONTROLS[0], [])).items()}
     rows = []
     for f in formats:
         for arm in ARMS:
@@ -216,7 +216,7 @@ def _mechanism_link(recs, a: dict | None) -> list[str]:
     across formats against the benefit ``TREATMENT`` − ``CONTROLS[0]`` (descriptive)."""
     if a is None:
         return []
-    benefit = {c.label.split(":")[0]: c.estimate for c in a["contrasts"][CONTROLS[0]]}
+    benefit = {f: c.estimate for f, c in stats.by_format(a["contrasts"][CONTROLS[0]]).items()}
     rows = []
     for k in MECHANISM_KEYS:
         mech = {}

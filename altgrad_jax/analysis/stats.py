@@ -188,6 +188,11 @@ def format_contrasts(fit: PooledFit, treatment: str, control: str) -> list[Contr
                               f"{f}: {treatment} - {control}") for f in fit.formats])
 
 
+def by_format(contrasts: Sequence[Contrast]) -> dict[str, Contrast]:
+    """`format_contrasts`' output keyed by format (the part of each label before ``":"``)."""
+    return {c.label.split(":")[0]: c for c in contrasts}
+
+
 def best_vs_runner_up(fit: PooledFit, treatment: str, control: str) -> tuple[str, str, Contrast]:
     """(best format, runner-up, contrast of their benefits) by the estimated benefit."""
     est = {f: float(fit.res.params.values @ fit.benefit_vector(f, treatment, control))
