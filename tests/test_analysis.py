@@ -428,3 +428,86 @@ def test_primary_plot_adds_the_contrast_panel_when_the_model_fits(tmp_path):
                                           contrasts=a["contrasts"])
     w1, w2 = (matplotlib.image.imread(p).shape[1] for p in (one, two))
     assert w2 - w1 > 250  # the 4.5-inch panel at 80 dpi (bbox "tight" trims the margins)
+
+
+# ------------------------------------------------------------- model checks and power
+@pytest.mark.parametrize("n,alpha,power", [(3, 0.05, 0.8), (8, 0.05, 0.8), (40, 0.01, 0.9)])
+def test_minimum_detectable_effect_matches_statsmodels_t_power(n, alpha, power):
+    """One-sample t test: SE = sd / sqrt(n) on n - 1 df; statsmodels solves for d = delta / sd."""
+    from statsmodels.stats.power import TTestPower
+
+    d = TTestPower().solve_power(nobs=n, alpha=alpha, power=power, alternative="two-sided")
+    sd = 0.013
+    mde = stats.minimum_detectable_effect(sd / math.sqrt(n), n - 1, alpha=alpha, power=power)
+    assert mde == pytest.approx(d * sd, rel=1e-4)  # statsmodels solves to ~1e-6
+    assert math.isnan(stats.minimum_detectable_effect(0.0, 10))
+    assert math.isnan(stats.minimum_detectable_effect(0.01, 0))
+
+
+def _lstsq_residuals(df):
+    """Residuals of y on one-hot (format, arm) cells plus one-hot seeds (first dropped): the
+    column space of ``y ~ C(format) * C(arm) + C(seed)``, built by hand with NumPy."""
+    cells = sorted(set(zip(df["format"], df["arm"])))
+    seeds = sorted(df["seed"].unique())[1:]
+    X = np.array([[float((f, a) == c) for c in cells] + [float(s == t) for t in seeds]
+                  for f, a, s in zip(df["format"], df["arm"], df["seed"])])
+    y = df["y"].to_numpy()
+    return y - X @ np.linalg.lstsq(X, y, rcond=None)[0]
+
+
+def test_model_checks_match_scipy_on_hand_built_residuals():
+    recs = _planted({"E5M2": 0.02}, rng_seed=4)
+    df = stats.primary_frame(recs, METRIC, ARMS)
+    fit = stats.fit_pooled(df, ARMS, formats=FORMATS)
+    mc = stats.model_checks(fit)
+    frame = fit.frame
+    resid = _lstsq_residuals(frame)
+    assert np.asarray(fit.res.resid) == pytest.approx(resid, abs=1e-12)
+    groups = [resid[(frame["format"] == f).to_numpy()] for f in FORMATS]
+    assert mc.spread_p == pytest.approx(scipy.stats.levene(*groups, center="median").pvalue)
+    assert mc.normal_p == pytest.approx(scipy.stats.shapiro(resid).pvalue)
+    assert mc.resid_sd == pytest.approx(math.sqrt(np.sum(resid ** 2) / (63 - 23)))
+    # balanced: the per-format SDs' squares average to the pooled variance
+    assert np.mean([v ** 2 for v in mc.sd_by_format.values()]) == pytest.approx(mc.resid_sd ** 2)
+
+
+def test_model_checks_flag_a_format_with_ten_times_the_noise():
+    recs = _planted({}, rng_seed=6)
+    rng = np.random.default_rng(11)
+    for r in recs:
+        if r["format"] == "E7M0":
+            r["metrics"][METRIC] += rng.normal(0, 0.04)
+    fit = stats.fit_pooled(stats.primary_frame(recs, METRIC, ARMS), ARMS, formats=FORMATS)
+    mc = stats.model_checks(fit)
+    assert mc.spread_p < 0.01
+    assert max(mc.sd_by_format, key=mc.sd_by_format.get) == "E7M0"
+    calm = stats.model_checks(stats.fit_pooled(stats.primary_frame(_planted({}, rng_seed=6),
+                                                                   METRIC, ARMS), ARMS,
+                                               formats=FORMATS))
+    assert calm.spread_p > 0.05
+
+
+def test_paired_differences_pair_by_seed_and_skip_unpaired_seeds():
+    recs = [_rec("E4M3", "ulp_sr", 1, 0.70), _rec("E4M3", "adamw_sr", 1, 0.68),
+            _rec("E4M3", "ulp_sr", 2, 0.66), _rec("E4M3", "adamw_sr", 2, 0.67),
+            _rec("E4M3", "ulp_sr", 3, 0.90),  # no control at seed 3: not paired
+            _rec("E5M2", "adamw_sr", 3, 0.10)]
+    d = stats.paired_differences(recs, "E4M3", "ulp_sr", "adamw_sr", METRIC)
+    ref = stats.mean_ci([0.70 - 0.68, 0.66 - 0.67])
+    assert d.n == 2 and d.mean == pytest.approx(0.005) and (d.lo, d.hi) == pytest.approx(
+        (ref.lo, ref.hi))
+
+
+def test_report_carries_the_model_checks_and_the_power(tmp_path):
+    recs = _planted({"E5M2": 0.05}, rng_seed=2)
+    text = open(report_lib.write_report(_study_dir(tmp_path, recs), plots=False,
+                                        n_boot=200)).read()
+    section = text[text.index("### Model checks"):text.index("## Secondary")]
+    y = {(r["format"], r["arm"], r["seed"]): r["metrics"][METRIC] for r in recs}
+    diffs = [y[("E5M2", "ulp_sr", s)] - y[("E5M2", "adamw_sr", s)] for s in (1, 2, 3)]
+    lo, hi = scipy.stats.t.interval(0.95, 2, loc=np.mean(diffs),
+                                    scale=np.std(diffs, ddof=1) / math.sqrt(3))
+    assert f"{np.mean(diffs):+.4f} [{lo:+.4f}, {hi:+.4f}] (n=3)" in section
+    assert "Brown–Forsythe p = " in section and "Shapiro–Wilk p = " in section
+    assert "40 residual df" in section and "80% power" in section
+    assert "(E5M2's upper limit)" in section

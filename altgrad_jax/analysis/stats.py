@@ -15,8 +15,15 @@ on the model's residual degrees of freedom; p-values Holm-corrected across forma
 stays the winner; `exponent_trend` is the least-squares slope of the per-format benefit on the
 exponent bits, again a linear combination of the same coefficients.
 
+Checks of the model, reported beside it (`model_checks`, `paired_differences`,
+`minimum_detectable_effect`): the residual spread per format (Brown-Forsythe), the residuals'
+normality (Shapiro-Wilk), each format's contrast from its own seeds alone (paired by seed, no
+pooled variance), and the smallest benefit the design detects with 80% power.
+
 References: Holm, "A simple sequentially rejective multiple test procedure", Scand. J. Stat.
-1979; Efron & Tibshirani, *An Introduction to the Bootstrap*, 1993 (residual bootstrap, ch. 9).
+1979; Efron & Tibshirani, *An Introduction to the Bootstrap*, 1993 (residual bootstrap, ch. 9);
+Brown & Forsythe, "Robust tests for the equality of variances", JASA 1974; Cohen, *Statistical
+Power Analysis for the Behavioral Sciences*, 1988 (power of the t test, noncentral t).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 import patsy
+import scipy.optimize
 import scipy.stats
 import statsmodels.api as sm
 from statsmodels.stats.multitest import multipletests
@@ -99,7 +107,8 @@ class Contrast:
 @dataclasses.dataclass
 class PooledFit:
     """The fitted pooled model: ``res`` (statsmodels OLS results), its patsy ``design_info``, the
-    formats, arms and seeds it covers."""
+    formats, arms and seeds it covers, and ``frame``, the (format, arm, seed, y) rows it was
+    fitted on, in the order of ``res.resid``."""
 
     res: object
     design_info: object
@@ -107,6 +116,7 @@ class PooledFit:
     arms: list
     seeds: list
     confidence: float = 0.95
+    frame: pd.DataFrame | None = None
 
     _rows: dict = dataclasses.field(default_factory=dict, repr=False)
 
@@ -171,7 +181,8 @@ def fit_pooled(df: pd.DataFrame, arms: Sequence[str], *, formats: Sequence[str] 
         return None
     y, X = patsy.dmatrices(FORMULA, sub, return_type="dataframe")
     res = sm.OLS(y, X).fit()
-    return PooledFit(res, X.design_info, keep, list(arms), sorted(sub["seed"].unique()), confidence)
+    return PooledFit(res, X.design_info, keep, list(arms), sorted(sub["seed"].unique()), confidence,
+                     frame=sub.loc[X.index].reset_index(drop=True))
 
 
 def holm(contrasts: Sequence[Contrast], alpha: float = 0.05) -> list[Contrast]:
@@ -273,3 +284,78 @@ def rank_association(x: dict, y: dict, *, min_n: int = 4) -> Association | None:
         return None  # too few points, or a side constant across them (no ranking)
     res = scipy.stats.spearmanr([x[k] for k in keys], [y[k] for k in keys])
     return Association(float(res.statistic), float(res.pvalue), len(keys))
+
+
+def paired_differences(records: Iterable[dict], fmt: str, treatment: str, control: str,
+                       metric: str) -> Summary:
+    """`mean_ci` of ``treatment - control`` on ``fmt`` over the seeds where both arms have a
+    finite ``metric`` (paired by seed: same init and data order; this format's seeds alone, no
+    variance pooled across formats)."""
+    by_seed: dict = {}
+    for r in records:
+        v = (r.get("metrics") or {}).get(metric)
+        if r["format"] == fmt and r["arm"] in (treatment, control) and isinstance(v, (int, float)):
+            by_seed.setdefault(int(r["seed"]), {})[r["arm"]] = float(v)
+    return mean_ci([d[treatment] - d[control] for _, d in sorted(by_seed.items())
+                    if len(d) == 2])
+
+
+def minimum_detectable_effect(se: float, df: float, *, alpha: float = 0.05,
+                              power: float = 0.8) -> float:
+    """The smallest true effect a two-sided t test at level ``alpha`` detects with probability
+    ``power``, for an estimate with standard error ``se`` on ``df`` degrees of freedom.
+
+    Solves ``P(|T| > t_{1-alpha/2, df}) = power`` for ``delta``, ``T ~ nct(df, delta / se)``
+    (the noncentral t; both tails counted), and returns ``delta``. NaN when ``se`` or ``df`` is
+    not a positive finite number.
+
+    Example:
+      >>> round(minimum_detectable_effect(1.0, 1e6), 3)   # normal limit: 1.960 + 0.842
+      2.802
+    """
+    if not (math.isfinite(se) and se > 0 and math.isfinite(df) and df > 0):
+        return float("nan")
+    crit = scipy.stats.t.ppf(1.0 - alpha / 2.0, df)
+
+    def shortfall(nc: float) -> float:
+        # P(T < -crit) = P(T' > crit), T' ~ nct(df, -nc); SciPy's far tail can return NaN for
+        # large nc, where the true value is below 1e-20: count it as 0.
+        lower = float(np.nan_to_num(scipy.stats.nct.sf(crit, df, -nc)))
+        return float(scipy.stats.nct.sf(crit, df, nc)) + lower - power
+
+    hi = 1.0
+    while shortfall(hi) < 0:  # power(0) = alpha < power; widen until the root is bracketed
+        hi *= 2.0
+    return float(scipy.optimize.brentq(shortfall, 0.0, hi, xtol=1e-10)) * se
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelChecks:
+    """Checks of the pooled model's assumptions on its residuals.
+
+    Attributes:
+      spread_p: Brown-Forsythe p (Levene's test about the median, SciPy) that the residual
+        variance is the same in every format (the pooled model assumes it is).
+      normal_p: Shapiro-Wilk p that the residuals are normal (the t intervals assume it).
+      resid_sd: the residual standard deviation, ``sqrt(SSR / df_resid)``.
+      sd_by_format: the same per format, ``sqrt(SSR_f / n_f * n / df_resid)`` (the pooled
+        correction for the fitted parameters; their squares average to ``resid_sd**2``).
+    """
+
+    spread_p: float
+    normal_p: float
+    resid_sd: float
+    sd_by_format: dict
+
+
+def model_checks(fit: PooledFit) -> ModelChecks:
+    """`ModelChecks` of ``fit`` (descriptive: the residuals of one model, not a new test of the
+    hypothesis)."""
+    resid = np.asarray(fit.res.resid, dtype=float)
+    fmt = np.asarray(fit.frame["format"])
+    groups = [resid[fmt == f] for f in fit.formats]
+    spread = scipy.stats.levene(*groups, center="median").pvalue if len(groups) > 1 else math.nan
+    normal = scipy.stats.shapiro(resid).pvalue if resid.size >= 3 else math.nan
+    return ModelChecks(float(spread), float(normal), float(math.sqrt(fit.res.scale)),
+                       {f: float(np.sqrt(np.mean(g ** 2) * resid.size / fit.res.df_resid))
+                        for f, g in zip(fit.formats, groups)})
