@@ -6,7 +6,8 @@ Modules (nothing in ``altgrad_jax.train`` imports this package):
   tuning       the tuning rule: one factor per arm from the tuning records (`choose_factors`).
   records      compact run records (`make_record`, `write_record`, `load_records`).
   stats        the pooled OLS model, per-format contrasts with Holm, best vs runner-up, the
-               bootstrap winner probability, the exponent-bit trend, gap closed.
+               bootstrap winner probability, the exponent-bit trend, gap closed; the model's
+               checks, paired per-format differences and the minimum detectable effect.
   cost         done / to do and the core-hours of a study.
   study        a study opened from its config (`open_study`), plan.json, the dry-run table.
   plots        PNG plots from records.
@@ -29,7 +30,8 @@ _EXPORTS = {
     "read_jsonl": "records",
     "fit_pooled": "stats", "format_contrasts": "stats", "best_vs_runner_up": "stats",
     "winner_probability": "stats", "exponent_trend": "stats", "gap_closed": "stats",
-    "mean_ci": "stats",
+    "mean_ci": "stats", "model_checks": "stats", "paired_differences": "stats",
+    "minimum_detectable_effect": "stats",
     "open_study": "study", "dry_run_lines": "study",
     "write_report": "report", "analyse_primary": "report",
     "write_test_matrix": "matrix_doc",

@@ -47,6 +47,11 @@ CAVEATS = (
     "What is quantized: the dense kernels (attention and MLP) in the named format; the embedding "
     "table is its own factor (`quant.embedding_format`, float32 here unless a record says "
     "otherwise); head, biases and LayerNorm stay float32 and get plain AdamW in every arm.",
+    "Tuning: each arm's factor is tuned once, on E3M4 and E6M1 at seed 0, and shared by every "
+    "format (the protocol: the arms get the same budget, and no test seed informs it). A "
+    "per-format optimum may differ, most plausibly on the formats furthest from the tuning pair "
+    "(E0M7, E7M0): a per-format contrast compares the arms at their shared tuned factors, not at "
+    "each format's own best.",
     "Machines: the study runs in stretches, not all on the same box (2-core CPU machines of one "
     "kind; the seventh stretch's box trained ~2.7x faster per step than the earlier one's). The "
     "Cost section's step time mixes them, and XLA's arithmetic may differ in the last bits "
