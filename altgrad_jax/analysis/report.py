@@ -14,6 +14,7 @@ Command line (trains nothing)::
 
 from __future__ import annotations
 
+import dataclasses
 import fractions
 import math
 import os
@@ -446,30 +447,42 @@ def interim_seeds(all_recs: dict, plan: dict | None) -> list[int] | None:
     return [s for s in seeds if all(c["name"] in all_recs for c in cells if int(c["seed"]) == s)]
 
 
-def write_report(report_dir: str, *, plots: bool = True, n_boot: int = 2000) -> str:
-    """Writes ``REPORT.md``, ``runs.csv`` and ``plots/*.png`` in ``report_dir``; returns the
-    report's path.
+@dataclasses.dataclass
+class _Study:
+    """What one report is built from: the plan, every record by name, the completed ones, the
+    completed test-seed ones, the records the primary fit may use (`interim_seeds`) and the
+    primary analysis (None until the model fits)."""
 
-    Raises:
-      FileNotFoundError: ``report_dir`` does not exist.
-      ValueError: a malformed record.
-    """
-    if not os.path.isdir(report_dir):
-        raise FileNotFoundError(f"study folder {report_dir!r} does not exist")
+    plan: dict | None
+    all_recs: dict
+    recs: list
+    test_recs: list
+    fit_recs: list
+    seeds: list | None
+    a: dict | None
+
+
+def _open(report_dir: str, n_boot: int) -> _Study:
     plan_path = os.path.join(report_dir, "plan.json")
     plan = read_json(plan_path) if os.path.exists(plan_path) else None
     all_recs = load_records(report_dir)
     recs = [r for r in all_recs.values() if r.get("status") == "completed"]
     test_recs = [r for r in recs if r.get("factor") is None and int(r["seed"]) != 0]
-    status_lines, n_done, n_planned = _status(all_recs, plan)
     seeds = interim_seeds(all_recs, plan)
     fit_recs = [r for r in test_recs if seeds is None or r.get("stage") != "primary"
                 or int(r["seed"]) in seeds]
-    a = analyse_primary(fit_recs, n_boot=n_boot)
-    title = (plan or {}).get("study") or os.path.basename(os.path.abspath(report_dir))
+    return _Study(plan, all_recs, recs, test_recs, fit_recs, seeds,
+                  analyse_primary(fit_recs, n_boot=n_boot))
+
+
+def _answer_sections(st: _Study, title: str) -> list[str]:
+    """The answer, the status, the primary contrast with its checks, the secondary metrics and
+    the mechanism."""
+    status_lines, n_done, n_planned = _status(st.all_recs, st.plan)
+    a = st.a
     lines = [f"# {title}: which 8-bit format benefits most from ULP-aware updates?", "",
-             _interim_note(seeds, a) + answer_paragraph(a, n_done, n_planned), ""]
-    if any(r.get("dataset") == "synthetic" for r in recs):
+             _interim_note(st.seeds, a) + answer_paragraph(a, n_done, n_planned), ""]
+    if any(r.get("dataset") == "synthetic" for r in st.recs):
         lines += [SYNTHETIC_BANNER, ""]
     lines += ["## Status", ""] + status_lines + [""]
     lines += ["## Primary contrast (regime b, seeds ≠ 0)", "",
@@ -478,27 +491,39 @@ def write_report(report_dir: str, *, plots: bool = True, n_boot: int = 2000) -> 
               "P(winner) from a seeded residual bootstrap. Arm columns: mean ± 95% t half-width "
               "over seeds (n seeds); the seeds are paired across arms, so the seed-to-seed "
               "spread cancels in the contrasts, which are far narrower.", ""]
-    lines += (_primary_table(a, fit_recs) if a else _cells_so_far(test_recs)) + [""]
+    lines += (_primary_table(a, st.fit_recs) if a else _cells_so_far(st.test_recs)) + [""]
     if a:
-        lines += ["### Model checks, sensitivity and power", ""] + _checks(a, fit_recs)
-    lines += ["## Secondary metrics", ""] + _secondary(fit_recs)
-    fmts = _order(r["format"] for r in test_recs)
-    mech_recs = fit_recs if a else test_recs  # beside the benefit: the records of its fit
+        lines += ["### Model checks, sensitivity and power", ""] + _checks(a, st.fit_recs)
+    lines += ["## Secondary metrics", ""] + _secondary(st.fit_recs)
+    mech_recs = st.fit_recs if a else st.test_recs  # beside the benefit: the records of its fit
     lines += ["## Mechanism (tail mean over the last 20% of diagnostics steps; rank: last)", "",
               "Fraction of updates below half a grid step, mean |grid steps| moved per updated "
               "coordinate, stall ratio, flips and updates per diagnostics step, effective rank.",
-              ""] + _mechanism(mech_recs, fmts, a) + [""] + _mechanism_link(mech_recs, a)
-    lines += ["## The seeds' 12 conditions (regime a)", ""] + _seeds12(test_recs) + [""]
-    lines += ["## E1M6 next to E0M7", ""] + _e1m6(recs) + [""]
+              ""] + _mechanism(mech_recs, _formats(st), a) + [""] + _mechanism_link(mech_recs, a)
+    return lines
+
+
+def _other_sections(st: _Study) -> list[str]:
+    """The seeds' 12 conditions, E1M6, the references, tuning, amendments, cost and caveats."""
+    lines = ["## The seeds' 12 conditions (regime a)", ""] + _seeds12(st.test_recs) + [""]
+    lines += ["## E1M6 next to E0M7", ""] + _e1m6(st.recs) + [""]
     lines += ["## References (FP32, BF16)", ""]
     lines += _table(["format", "arm", PRIMARY[1]],
-                    [[f, arm, _mean_cell(test_recs, f, arm, PRIMARY[0])]
+                    [[f, arm, _mean_cell(st.test_recs, f, arm, PRIMARY[0])]
                      for f in ("none", "BF16") for arm in ("adamw",) + PRIMARY_ARMS
-                     if any(r["format"] == f and r["arm"] == arm for r in test_recs)]) + [""]
-    lines += ["## Tuning (seed 0)", ""] + _tuning(recs, plan) + [""]
-    lines += _amendments(plan)
-    lines += ["## Cost", ""] + _cost(all_recs) + [""]
-    lines += ["## Caveats", ""] + [f"- {c}" for c in CAVEATS + _code_caveats(recs)] + [""]
+                     if any(r["format"] == f and r["arm"] == arm for r in st.test_recs)]) + [""]
+    lines += ["## Tuning (seed 0)", ""] + _tuning(st.recs, st.plan) + [""]
+    lines += _amendments(st.plan)
+    lines += ["## Cost", ""] + _cost(st.all_recs) + [""]
+    return lines + ["## Caveats", ""] + [f"- {c}" for c in CAVEATS + _code_caveats(st.recs)] + [""]
+
+
+def _formats(st: _Study) -> list[str]:
+    return _order(r["format"] for r in st.test_recs)
+
+
+def _write_csv(report_dir: str, all_recs: dict) -> None:
+    """``runs.csv``: every recorded run (any status), its metrics, mechanism tails and perf."""
     rows = [{"name": r["name"], "stage": r.get("stage"), "format": r["format"], "arm": r["arm"],
              "regime": r.get("regime"), "seed": r["seed"], "factor": r.get("factor"),
              "status": r.get("status"), "step": r.get("step"), "dataset": r.get("dataset"),
@@ -509,9 +534,25 @@ def write_report(report_dir: str, *, plots: bool = True, n_boot: int = 2000) -> 
     pd.DataFrame(rows, columns=None if rows else ["name", "stage", "format", "arm", "regime",
                                                   "seed", "factor", "status"]).to_csv(
         os.path.join(report_dir, "runs.csv"), index=False)
+
+
+def write_report(report_dir: str, *, plots: bool = True, n_boot: int = 2000) -> str:
+    """Writes ``REPORT.md``, ``runs.csv`` and ``plots/*.png`` in ``report_dir``; returns the
+    report's path.
+
+    Raises:
+      FileNotFoundError: ``report_dir`` does not exist.
+      ValueError: a malformed record.
+    """
+    if not os.path.isdir(report_dir):
+        raise FileNotFoundError(f"study folder {report_dir!r} does not exist")
+    st = _open(report_dir, n_boot)
+    title = (st.plan or {}).get("study") or os.path.basename(os.path.abspath(report_dir))
+    lines = _answer_sections(st, title) + _other_sections(st)
+    _write_csv(report_dir, st.all_recs)
     lines += ["Every run: [runs.csv](runs.csv).", ""]
-    if plots and recs:
-        lines += _plots(report_dir, test_recs, fit_recs, fmts, a)
+    if plots and st.recs:
+        lines += _plots(report_dir, st.test_recs, st.fit_recs, _formats(st), st.a)
     path = os.path.join(report_dir, "REPORT.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))
