@@ -511,3 +511,32 @@ def test_report_carries_the_model_checks_and_the_power(tmp_path):
     assert "Brown–Forsythe p = " in section and "Shapiro–Wilk p = " in section
     assert "40 residual df" in section and "80% power" in section
     assert "(E5M2's upper limit)" in section
+
+
+def test_log_axes_only_where_the_values_span_a_decade():
+    from matplotlib.figure import Figure
+
+    from altgrad_jax.analysis import plots as plots_lib
+
+    cases = {"linear": [1176.0, 2370.0], "log": [0.0002, 0.0711], "symlog": [0.0, 3.2, 1579.0]}
+    for scale, vals in cases.items():
+        ax = Figure().add_subplot()
+        plots_lib._log_axis(ax, "y", vals)
+        assert ax.get_yscale() == scale, (scale, vals)
+    ax = Figure().add_subplot()
+    plots_lib._log_axis(ax, "y", [0.0, 3.2, 1579.0])
+    assert ax.yaxis.get_transform().linthresh == 3.2  # linear up to the smallest positive value
+
+
+def test_report_plots_the_benefit_against_the_controls_mechanism(tmp_path):
+    mech = {"diag/grid_steps_mean_abs": 0.01, "diag/flips": 100.0, "diag/stall_ratio": 0.99}
+    recs = _planted({"E7M0": -0.03}, rng_seed=2)
+    for i, r in enumerate(recs):
+        r["mechanism"] = {k: {"tail": v * (1 + FORMATS.index(r["format"])), "last": v, "mean": v,
+                              "n": 3, "series": []} for k, v in mech.items()}
+    d = _study_dir(tmp_path, recs)
+    text = open(report_lib.write_report(d, n_boot=100)).read()
+    assert "![benefit against the mechanism](plots/benefit_vs_mechanism.png)" in text
+    assert os.path.getsize(os.path.join(d, "plots", "benefit_vs_mechanism.png")) > 1000
+    early = _study_dir(tmp_path / "early", [r for r in recs if r["seed"] == 1])  # no fit yet
+    assert "benefit_vs_mechanism" not in open(report_lib.write_report(early)).read()

@@ -4,6 +4,8 @@ global backend are untouched).
 * `plot_metric_by_format`: a metric per format x arm (mean, 95% t interval, seeds as dots), and
   beside it the pooled model's contrasts per format with their intervals.
 * `plot_mechanism`: one panel per mechanism figure (tail mean over the run) against the format.
+* `plot_benefit_vs_mechanism`: the per-format benefit (pooled-model contrast, 95% interval)
+  against a mechanism figure of the control, one labelled point per format.
 * `plot_learning_curves`: train loss against step, one panel per format, one colour per arm.
 """
 
@@ -16,9 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from altgrad_jax.analysis.records import value
-from altgrad_jax.analysis.stats import by_format, mean_ci
+from altgrad_jax.analysis.stats import Contrast, by_format, mean_ci, rank_association
 
 
 MECHANISM_TITLES = {  # panel titles of `plot_mechanism` (tail means per diagnostics step)
@@ -29,6 +32,23 @@ MECHANISM_TITLES = {  # panel titles of `plot_mechanism` (tail means per diagnos
     "diag/updates": "kernel coordinates updated",
     "rank/effective_mean": "effective rank (mean over kernels)",
 }
+LOG_KEYS = ("diag/grid_steps_mean_abs", "diag/flips")  # span decades across arms: log axes
+
+
+def _log_axis(ax, which: str, values) -> None:
+    """A log axis when the values span a decade or more: plain log when all are positive,
+    symmetric-log (linear up to the smallest positive value) when zeros occur, so they stay
+    visible (e.g. nearest rounding's 0 flips); linear otherwise."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    pos = [v for v in vals if v > 0]
+    if not pos or max(pos) < 10.0 * min(pos):
+        return
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    if len(pos) == len(vals):
+        getattr(ax, f"set_{which}scale")("log")
+    else:
+        getattr(ax, f"set_{which}scale")("symlog", linthresh=min(pos))
+    axis.set_minor_formatter(NullFormatter())  # minor labels collide within two decades
 
 
 def _save(fig: Figure, path: str) -> str:
@@ -100,15 +120,53 @@ def plot_mechanism(records: Sequence[dict], path: str, keys: Sequence[str],
     fig = Figure(figsize=(3.6 * len(keys), 3.4))
     for i, key in enumerate(keys):
         ax = fig.add_subplot(1, len(keys), i + 1)
+        seen: list[float] = []
         for arm in arms:
             ys = [mean_ci(_values(records, f, arm, f"mech/{key}/tail")).mean for f in formats]
             ax.plot(range(len(formats)), ys, "o-", label=arm, markersize=3)
+            seen += ys
+        if key in LOG_KEYS:
+            _log_axis(ax, "y", seen)
         ax.set_xticks(range(len(formats)))
         ax.set_xticklabels(formats, rotation=45, fontsize=7)
         ax.set_title(MECHANISM_TITLES.get(key, key), fontsize=9)
         ax.grid(alpha=0.3)
         if i == 0:
             ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_benefit_vs_mechanism(records: Sequence[dict], path: str, benefit: Sequence[Contrast],
+                              keys: Sequence[str], control: str) -> str:
+    """One panel per ``key``: x = the control arm's ``mech/<key>/tail`` (mean over seeds), y =
+    the format's benefit (a `stats.Contrast` per format, its 95% interval as the bar), each
+    point labelled with its format; the title carries Spearman's rho (`stats.rank_association`,
+    the report's definition). Count-like figures (`LOG_KEYS`) get a log axis."""
+    by_f = by_format(benefit)
+    fig = Figure(figsize=(3.8 * len(keys), 3.4))
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        xs = {f: mean_ci(_values(records, f, control, f"mech/{key}/tail")).mean for f in by_f}
+        got = [f for f in by_f if math.isfinite(xs[f])]
+        ax.errorbar([xs[f] for f in got], [by_f[f].estimate for f in got],
+                    yerr=[[by_f[f].estimate - by_f[f].lo for f in got],
+                          [by_f[f].hi - by_f[f].estimate for f in got]],
+                    fmt="o", capsize=3, markersize=4)
+        for f in got:
+            ax.annotate(f, (xs[f], by_f[f].estimate), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+        ax.axhline(0.0, color="k", linewidth=0.8)
+        if key in LOG_KEYS:
+            _log_axis(ax, "x", xs.values())
+        assoc = rank_association({f: by_f[f].estimate for f in got}, {f: xs[f] for f in got})
+        rho = "" if assoc is None else f"; Spearman rho {assoc.rho:+.2f}"
+        ax.set_title(f"{MECHANISM_TITLES.get(key, key)}\n(one point per format{rho})",
+                     fontsize=8)
+        ax.set_xlabel(f"{control} (tail mean)", fontsize=8)
+        if i == 0:
+            label = benefit[0].label.split(": ", 1)[1] if benefit else "benefit"
+            ax.set_ylabel(f"{label} [95% CI]", fontsize=8)
+        ax.grid(alpha=0.3)
     return _save(fig, path)
 
 

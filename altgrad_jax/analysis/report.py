@@ -559,22 +559,31 @@ def write_report(report_dir: str, *, plots: bool = True, n_boot: int = 2000) -> 
     return path
 
 
+BENEFIT_KEYS = ("diag/grid_steps_mean_abs", "diag/flips", "diag/stall_ratio")  # vs the benefit
+
+
 def _plots(report_dir, recs, fit_recs, fmts, a: dict | None) -> list[str]:
-    """The primary metric and the mechanism (the fit's records, beside its contrasts) and the
-    learning curves (every completed test record)."""
+    """The primary metric and the mechanism (the fit's records, beside its contrasts), the
+    benefit against the control's mechanism (once the model fits) and the learning curves
+    (every completed test record)."""
     d = os.path.join(report_dir, "plots")
     prim = [f for f in fmts if any(r["format"] == f and r["arm"] in PRIMARY_ARMS for r in recs)]
     plots_lib.plot_metric_by_format(fit_recs if a else recs,
                                     os.path.join(d, "primary_by_format.png"), PRIMARY[0],
                                     prim, PRIMARY_ARMS, PRIMARY[1],
                                     contrasts=a["contrasts"] if a else None)
-    plots_lib.plot_mechanism(fit_recs if a else recs, os.path.join(d, "mechanism.png"), MECHANISM_KEYS[:3],
-                             prim, PRIMARY_ARMS)
+    plots_lib.plot_mechanism(fit_recs if a else recs, os.path.join(d, "mechanism.png"),
+                             MECHANISM_KEYS[:4], prim, PRIMARY_ARMS)
     plots_lib.plot_learning_curves(recs, os.path.join(d, "learning_curves.png"), prim,
                                    PRIMARY_ARMS)
-    return ["## Plots", "", "![primary metric](plots/primary_by_format.png)", "",
-            "![mechanism](plots/mechanism.png)", "", "![learning curves](plots/learning_curves.png)",
-            ""]
+    lines = ["## Plots", "", "![primary metric](plots/primary_by_format.png)", "",
+             "![mechanism](plots/mechanism.png)", ""]
+    if a:
+        plots_lib.plot_benefit_vs_mechanism(fit_recs, os.path.join(d, "benefit_vs_mechanism.png"),
+                                            a["contrasts"][CONTROLS[0]], BENEFIT_KEYS,
+                                            CONTROLS[0])
+        lines += ["![benefit against the mechanism](plots/benefit_vs_mechanism.png)", ""]
+    return lines + ["![learning curves](plots/learning_curves.png)", ""]
 
 
 def main(argv: Sequence[str]) -> None:
