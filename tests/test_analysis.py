@@ -165,7 +165,8 @@ def _fake_run(workdir, *, status="completed", steps=1000):
            "calibration": {f"layer_{i}/kernel": {"median_spacing": 1e-3, "grid_steps_per_lr":
                                                  1e3, "c": 1.0, "format": "E4M3"}
                            for i in range(40)},
-           "data_info": {"dataset": "eurlex57k"}}
+           "data_info": {"dataset": "eurlex57k"},
+           "environment": {"backend": "cpu", "cpu": "Some CPU", "cpu_count": 2}}
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(res, f)
 
@@ -186,6 +187,7 @@ def test_record_is_compact_and_carries_the_mechanism(tmp_path):
     assert rec["metrics"]["test_tuned/macro_f1"] == 0.52
     assert rec["metrics"]["eval_tuned/macro_f1"] == 0.5 and rec["threshold"] == 0.3
     assert rec["perf"]["train_steps_per_s"] == 1.6 and len(rec["calibration"]) == 40
+    assert rec["environment"] == {"backend": "cpu", "cpu": "Some CPU", "cpu_count": 2}
     bh = rec["mechanism"]["diag/below_half_step"]
     steps = np.arange(50, 1001, 50)
     assert bh["n"] == 20 and bh["last"] == 1.0
@@ -540,3 +542,15 @@ def test_report_plots_the_benefit_against_the_controls_mechanism(tmp_path):
     assert os.path.getsize(os.path.join(d, "plots", "benefit_vs_mechanism.png")) > 1000
     early = _study_dir(tmp_path / "early", [r for r in recs if r["seed"] == 1])  # no fit yet
     assert "benefit_vs_mechanism" not in open(report_lib.write_report(early)).read()
+
+
+def test_report_counts_the_machines_the_records_name(tmp_path):
+    env = {"cpu": "CPU A", "cpu_count": 2, "backend": "cpu", "device_kind": "cpu",
+           "versions": {"jax": "0.1"}}
+    recs = [dict(_rec("E4M3", "ulp_sr", s, 0.6), environment=env) for s in (1, 2)]
+    recs.append(_rec("E4M3", "ulp_sr", 3, 0.6))  # an old record: no environment
+    recs.append(dict(_rec("E4M3", "ulp_sr", 4, None, status="diverged"), environment=env))
+    text = open(report_lib.write_report(_study_dir(tmp_path, recs), plots=False)).read()
+    line = [ln for ln in text.splitlines() if ln.startswith("Machines named")][0]
+    assert "CPU A (2 cores, cpu: cpu; jax 0.1): 2 runs" in line  # completed runs only
+    assert "not recorded (the record predates the field): 1 run." in line

@@ -70,6 +70,9 @@ def test_run_folder_contents(full_run):
         on_disk = json.load(f)
     for key in ["micro_f1", "macro_f1", "roc_auc_micro", "pr_auc_macro", "hamming_loss"]:
         assert 0.0 <= on_disk["test"][f"test/{key}"] <= 1.0
+    env = on_disk["environment"]
+    assert env["backend"] == jax.default_backend() and env["cpu_count"] == os.cpu_count()
+    assert env["versions"]["jax"] == jax.__version__ and env["device_count"] == jax.device_count()
     steps = [line["step"] for line in _lines(workdir)]
     assert steps == sorted(steps)
     train_steps = [line["step"] for line in _lines(workdir) if "train/loss" in line]

@@ -10,6 +10,8 @@ alone, so a new machine loses nothing but checkpoints. A record holds:
 * ``metrics``: the flat final metrics of results.json's ``validation``, ``validation_tuned``
   (``eval_tuned/*``), ``test`` and ``test_tuned`` (``test_tuned/*``);
 * ``threshold``, ``perf`` (training-only throughput), ``calibration``, ``fallback_events``;
+* ``environment``: the versions and hardware of the process that ended the run
+  (`altgrad_jax.io.provenance.environment`; ``{}`` in records that predate it);
 * ``curve``: ``{key: [[step, value], ...]}`` for ``train/loss`` (thinned to `CURVE_POINTS`) and
   the ``eval/macro_f1`` / ``eval/micro_f1`` evaluation points;
 * ``mechanism``: for each key of `MECHANISM_KEYS`, ``{"mean", "tail", "last", "n", "series"}``:
@@ -142,6 +144,7 @@ def make_record(spec, workdir: str, *, applied: dict | None = None) -> dict:
                     if _num(v) is not None},
            "calibration": res.get("calibration") or {},
            "fallback_events": len(res.get("fallback_events") or []),
+           "environment": res.get("environment") or {},
            "curve": {k: thin(series(rows, k), CURVE_POINTS) for k in CURVE_KEYS
                      if series(rows, k)},
            "mechanism": {k: m for k in MECHANISM_KEYS

@@ -364,6 +364,23 @@ def _cost(all_recs) -> list[str]:
             "`python sweep.py --config=configs/study_cpu.py --dry_run`)."]
 
 
+def _machines(recs) -> list[str]:
+    """How many completed runs each machine ran (from the records' ``environment``)."""
+    counts: dict[str, int] = {}
+    for r in recs:
+        env = r.get("environment") or {}
+        key = (f"{env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores, "
+               f"{env.get('backend', '?')}: {env.get('device_kind', '?')}; jax "
+               f"{(env.get('versions') or {}).get('jax', '?')})" if env else
+               "not recorded (the record predates the field)")
+        counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return []
+    return ["Machines named by the records (the process that ended each run): "
+            + "; ".join(f"{k}: {n} run{'s' if n != 1 else ''}" for k, n in sorted(counts.items()))
+            + "."]
+
+
 def _amendments(plan) -> list[str]:
     """The study config's ``amendments`` (changes to the protocol after the study started, each
     saying which cells had run), as their own section; nothing when there are none."""
@@ -514,7 +531,7 @@ def _other_sections(st: _Study) -> list[str]:
                      if any(r["format"] == f and r["arm"] == arm for r in st.test_recs)]) + [""]
     lines += ["## Tuning (seed 0)", ""] + _tuning(st.recs, st.plan) + [""]
     lines += _amendments(st.plan)
-    lines += ["## Cost", ""] + _cost(st.all_recs) + [""]
+    lines += ["## Cost", ""] + _cost(st.all_recs) + [""] + _machines(st.recs) + [""]
     return lines + ["## Caveats", ""] + [f"- {c}" for c in CAVEATS + _code_caveats(st.recs)] + [""]
 
 
