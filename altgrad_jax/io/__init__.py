@@ -1,4 +1,5 @@
-"""Run I/O: Orbax checkpoints and metric writers (console, JSON lines, W&B), a progress bar.
+"""Run I/O: Orbax checkpoints and metric writers (console, JSON lines, W&B), a progress bar, and
+the run's provenance (`environment`: versions and hardware).
 
 Example:
   >>> import tempfile
@@ -15,6 +16,7 @@ Example:
 from altgrad_jax.io.checkpoint import Checkpointer, to_json_compatible
 from altgrad_jax.io.console import (Console, data_summary_line, route_library_logs,
                                     short_config_line)
+from altgrad_jax.io.provenance import environment
 from altgrad_jax.io.writers import (
     ConsoleWriter,
     JsonlWriter,
@@ -30,6 +32,7 @@ __all__ = [
     "Checkpointer",
     "Console",
     "data_summary_line",
+    "environment",
     "route_library_logs",
     "short_config_line",
     "ConsoleWriter",

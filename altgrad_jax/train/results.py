@@ -12,7 +12,6 @@ import numpy as np
 
 from altgrad_jax import data as data_lib
 from altgrad_jax import io as io_lib
-from altgrad_jax.io import provenance
 from altgrad_jax import optim as optim_lib
 from altgrad_jax.train.metrics import multilabel_metrics, tune_threshold
 
@@ -171,7 +170,7 @@ def final_results(run) -> dict:
         "calibration": _calibration(run.state.opt_state),
         "fallback_events": ([] if run.fallback is None
                             else [e.to_dict() for e in run.fallback.events]),
-        "data_info": run.bundle.info, "environment": provenance.environment()})
+        "data_info": run.bundle.info, "environment": io_lib.environment()})
     _say_results(run, results)
     return results
 
