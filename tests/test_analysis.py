@@ -414,6 +414,8 @@ def test_report_ranks_the_benefit_against_the_controls_mechanism(tmp_path):
     assert rows[1].startswith("| diag/flips | -1.00 |")
     assert rows[2].startswith("| diag/updates | — (the same on every format) |")
     assert len(rows) == 3  # no other figure
+    assert ("Strongest: the benefit rises as the control's updates below half a grid step "
+            "(fraction) rises (rho +1.00, p < 0.001, 7 formats;") in mech  # first of the ties
 
 
 def test_primary_plot_adds_the_contrast_panel_when_the_model_fits(tmp_path):

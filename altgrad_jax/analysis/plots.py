@@ -20,18 +20,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from altgrad_jax.analysis.records import value
+from altgrad_jax.analysis.records import MECHANISM_TITLES, value
 from altgrad_jax.analysis.stats import Contrast, by_format, mean_ci, rank_association
 
 
-MECHANISM_TITLES = {  # panel titles of `plot_mechanism` (tail means per diagnostics step)
-    "diag/below_half_step": "updates below half a grid step (fraction)",
-    "diag/grid_steps_mean_abs": "mean |grid steps| moved per coordinate",
-    "diag/stall_ratio": "stall ratio (updated, not moved)",
-    "diag/flips": "kernel weights moved per diagnostics step",
-    "diag/updates": "kernel coordinates updated",
-    "rank/effective_mean": "effective rank (mean over kernels)",
-}
 LOG_KEYS = ("diag/grid_steps_mean_abs", "diag/flips")  # span decades across arms: log axes
 
 

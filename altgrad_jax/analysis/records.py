@@ -28,6 +28,14 @@ from typing import Any
 
 MECHANISM_KEYS = ("diag/below_half_step", "diag/grid_steps_mean_abs", "diag/stall_ratio",
                   "diag/flips", "diag/updates", "rank/effective_mean")
+MECHANISM_TITLES = {  # what each of MECHANISM_KEYS measures (plot titles, report sentences)
+    "diag/below_half_step": "updates below half a grid step (fraction)",
+    "diag/grid_steps_mean_abs": "mean |grid steps| moved per coordinate",
+    "diag/stall_ratio": "stall ratio (updated, not moved)",
+    "diag/flips": "kernel weights moved per diagnostics step",
+    "diag/updates": "kernel coordinates updated",
+    "rank/effective_mean": "effective rank (mean over kernels)",
+}
 CURVE_KEYS = ("train/loss", "eval/macro_f1", "eval/micro_f1")
 CURVE_POINTS = 60
 SERIES_POINTS = 25

@@ -26,7 +26,8 @@ from altgrad_jax.analysis import plots as plots_lib
 from altgrad_jax.analysis import stats
 from altgrad_jax.analysis.matrix import ARMS, CONTROLS, PRIMARY_ARMS, TREATMENT
 from altgrad_jax.analysis import cost as cost_lib
-from altgrad_jax.analysis.records import MECHANISM_KEYS, load_records, read_json, value
+from altgrad_jax.analysis.records import (MECHANISM_KEYS, MECHANISM_TITLES, load_records,
+                                          read_json, value)
 
 PRIMARY = ("test_tuned/macro_f1", "test macro-F1 (tuned threshold)")
 SECONDARY = (("test_tuned/micro_f1", "test micro-F1 (tuned threshold)"),
@@ -255,7 +256,7 @@ def _mechanism_link(recs, a: dict | None) -> list[str]:
     if a is None:
         return []
     benefit = {f: c.estimate for f, c in stats.by_format(a["contrasts"][CONTROLS[0]]).items()}
-    rows = []
+    rows, found = [], {}
     for k in MECHANISM_KEYS:
         mech = {}
         for f in benefit:
@@ -265,6 +266,7 @@ def _mechanism_link(recs, a: dict | None) -> list[str]:
         assoc = stats.rank_association(benefit, mech)
         if assoc is not None:
             rows.append([k, f"{assoc.rho:+.2f}", _p(assoc.p), assoc.n])
+            found[k] = assoc
         elif len({v for v in mech.values() if v is not None}) == 1:
             rows.append([k, "— (the same on every format)", "", ""])
     if not rows:
@@ -273,7 +275,21 @@ def _mechanism_link(recs, a: dict | None) -> list[str]:
     return ([f"Across formats, the benefit ({TREATMENT} − {CONTROLS[0]}) against each figure "
              f"of the control {CONTROLS[0]} (Spearman's rho, two-sided p; one point per format, "
              "descriptive, no multiplicity correction):", ""]
-            + _table([f"{CONTROLS[0]} figure", "rho", "p", "formats"], rows) + [""])
+            + _table([f"{CONTROLS[0]} figure", "rho", "p", "formats"], rows) + [""]
+            + _strongest(found))
+
+
+def _strongest(found: dict) -> list[str]:
+    """One sentence on the figure with the largest |rho| (none when no association exists)."""
+    if not found:
+        return []
+    k = max(found, key=lambda key: abs(found[key].rho))
+    a = found[k]
+    way = "falls" if a.rho < 0 else "rises"
+    p = _p(a.p) if a.p < 0.001 else f"= {_p(a.p)}"
+    return [f"Strongest: the benefit {way} as the control's {MECHANISM_TITLES.get(k, k)} rises "
+            f"(rho {a.rho:+.2f}, p {p}, {a.n} formats; descriptive, one of "
+            f"{len(found)} figures ranked).", ""]
 
 
 def _seeds12(recs) -> list[str]:
