@@ -392,8 +392,9 @@ def test_rank_association_matches_a_hand_computed_spearman():
                                  {"a": 1, "b": 2, "c": 3, "d": 4, "e": float("nan")})
     assert nan.n == 4 and nan.rho == pytest.approx(1.0)
     # a figure that is the same on every format (e.g. the coordinates updated) ranks nothing
-    assert stats.rank_association({"a": 1, "b": 2, "c": 3, "d": 4},
-                                  {"a": 7, "b": 7, "c": 7, "d": 7}) is None
+    flat = stats.rank_association({"a": 1, "b": 2, "c": 3, "d": 4},
+                                  {"a": 7, "b": 7, "c": 7, "d": 7})
+    assert flat.constant and flat.n == 4 and math.isnan(flat.rho) and math.isnan(flat.p)
 
 
 def test_report_ranks_the_benefit_against_the_controls_mechanism(tmp_path):

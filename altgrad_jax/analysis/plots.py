@@ -151,7 +151,7 @@ def plot_benefit_vs_mechanism(records: Sequence[dict], path: str, benefit: Seque
         if key in LOG_KEYS:
             _log_axis(ax, "x", xs.values())
         assoc = rank_association({f: by_f[f].estimate for f in got}, {f: xs[f] for f in got})
-        rho = "" if assoc is None else f"; Spearman rho {assoc.rho:+.2f}"
+        rho = "" if assoc is None or assoc.constant else f"; Spearman rho {assoc.rho:+.2f}"
         ax.set_title(f"{MECHANISM_TITLES.get(key, key)}\n(one point per format{rho})",
                      fontsize=8)
         ax.set_xlabel(f"{control} (tail mean)", fontsize=8)

@@ -264,11 +264,11 @@ def _mechanism_link(recs, a: dict | None) -> list[str]:
                                and (v := value(r, _mech_key(k))) is not None])
             mech[f] = s.mean if s.n else None
         assoc = stats.rank_association(benefit, mech)
-        if assoc is not None:
+        if assoc is not None and assoc.constant:
+            rows.append([k, "— (the same on every format)", "", ""])
+        elif assoc is not None:
             rows.append([k, f"{assoc.rho:+.2f}", _p(assoc.p), assoc.n])
             found[k] = assoc
-        elif len({v for v in mech.values() if v is not None}) == 1:
-            rows.append([k, "— (the same on every format)", "", ""])
     if not rows:
         return ["Rank association with the benefit: needs at least 4 formats with the benefit "
                 "and the figure.", ""]

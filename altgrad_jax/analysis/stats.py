@@ -262,17 +262,22 @@ def cell_means(df: pd.DataFrame) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Association:
-    """Spearman rank correlation across formats (descriptive: one point per format)."""
+    """Spearman rank correlation across formats (descriptive: one point per format).
+
+    ``constant`` is True when either side takes one value on every key: nothing is ranked and
+    ``rho``, ``p`` are NaN (e.g. the kernel coordinates updated, the same on every format)."""
 
     rho: float
     p: float
     n: int
+    constant: bool = False
 
 
 def rank_association(x: dict, y: dict, *, min_n: int = 4) -> Association | None:
     """Spearman's rho (two-sided p, SciPy) between ``x[f]`` and ``y[f]`` over the keys with a
     finite value in both; None with fewer than ``min_n`` such keys (a rank correlation of
-    three points has p >= 0.33 and says nothing) or when either side is constant over them.
+    three points has p >= 0.33 and says nothing); ``constant=True`` with NaN rho when either
+    side is constant over them.
 
     Used for the mechanism: does the per-format benefit rank with a mechanism figure of the
     control (e.g. the fraction of its updates below half a grid step)? With 7 formats this is
@@ -280,8 +285,10 @@ def rank_association(x: dict, y: dict, *, min_n: int = 4) -> Association | None:
     """
     keys = [k for k in x if k in y and x[k] is not None and y[k] is not None
             and math.isfinite(x[k]) and math.isfinite(y[k])]
-    if len(keys) < min_n or len({x[k] for k in keys}) < 2 or len({y[k] for k in keys}) < 2:
-        return None  # too few points, or a side constant across them (no ranking)
+    if len(keys) < min_n:
+        return None
+    if len({x[k] for k in keys}) < 2 or len({y[k] for k in keys}) < 2:
+        return Association(float("nan"), float("nan"), len(keys), constant=True)
     res = scipy.stats.spearmanr([x[k] for k in keys], [y[k] for k in keys])
     return Association(float(res.statistic), float(res.pvalue), len(keys))
 
