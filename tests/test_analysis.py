@@ -117,6 +117,13 @@ def test_planted_null_reads_not_significant():
     assert max(a["p_winner"].values()) < 0.9
     text = report_lib.answer_paragraph(a, 63, 63)
     assert "not distinguishable" in text and "positive benefit: none" in text
+    # the power clause: SE sqrt(2 s^2 / 3) on 40 df is a one-sample t test of 41 values with
+    # SD se * sqrt(41); statsmodels solves its effect size independently
+    from statsmodels.stats.power import TTestPower
+
+    se = math.sqrt(2 * a["fit"].res.scale / 3)
+    d = TTestPower().solve_power(nobs=41, alpha=0.05, power=0.8, alternative="two-sided")
+    assert f"detects a true benefit of {d * se * math.sqrt(41):.4f} with 80% power" in text
 
 
 def test_winner_probability_is_seeded():
