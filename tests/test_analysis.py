@@ -564,3 +564,55 @@ def test_report_counts_the_machines_the_records_name(tmp_path):
     line = [ln for ln in text.splitlines() if ln.startswith("Machines named")][0]
     assert "CPU A (2 cores, cpu: cpu; jax 0.1): 2 runs" in line  # completed runs only
     assert "not recorded (the record predates the field): 1 run." in line
+
+
+def test_format_alone_contrasts_use_each_formats_own_variance():
+    """Each format's own two-way model (3 arms x 3 seeds): the estimate is the cell-mean
+    difference, the SE sqrt(2 s_f^2 / 3) with s_f^2 from a NumPy least-squares fit of that
+    format's cells alone, the interval t on 4 df; E7M0's tenfold noise widens only its own."""
+    recs = _planted({"E5M2": 0.03}, rng_seed=8)
+    rng = np.random.default_rng(12)
+    for r in recs:
+        if r["format"] == "E7M0":
+            r["metrics"][METRIC] += rng.normal(0, 0.04)
+    df = stats.primary_frame(recs, METRIC, ARMS)
+    alone = stats.by_format(stats.format_alone_contrasts(df, "ulp_sr", "adamw_sr", FORMATS))
+    t4 = scipy.stats.t.ppf(0.975, 4)
+    for f in FORMATS:
+        sub = df[df["format"] == f].reset_index(drop=True)
+        resid = _lstsq_residuals(sub)
+        se = math.sqrt(2 * np.sum(resid ** 2) / 4 / 3)
+        m = sub.groupby("arm")["y"].mean()
+        c = alone[f]
+        assert c.df == 4 and c.estimate == pytest.approx(m["ulp_sr"] - m["adamw_sr"])
+        assert c.se == pytest.approx(se) and (c.lo, c.hi) == pytest.approx(
+            (c.estimate - t4 * se, c.estimate + t4 * se))
+    assert alone["E7M0"].se > 5 * max(alone[f].se for f in FORMATS if f != "E7M0")
+    assert alone["E5M2"].p_holm < 0.05
+
+
+def test_welch_combination_of_two_means_is_welchs_t_test():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.3, 0.1, 5), rng.normal(0.1, 0.4, 8)
+    ca = stats.Contrast("a", a.mean(), a.std(ddof=1) / math.sqrt(5), 0, 0, 0, df=4.0)
+    cb = stats.Contrast("b", b.mean(), b.std(ddof=1) / math.sqrt(8), 0, 0, 0, df=7.0)
+    c = stats.welch_combination([ca, cb], [1.0, -1.0], "a - b")
+    ref = scipy.stats.ttest_ind(a, b, equal_var=False)
+    assert c.df == pytest.approx(ref.df) and c.p == pytest.approx(ref.pvalue)
+    lo, hi = ref.confidence_interval(0.95)
+    assert (c.lo, c.hi) == pytest.approx((lo, hi)) and c.estimate == pytest.approx(
+        a.mean() - b.mean())
+
+
+def test_answer_adds_the_own_variance_reading_only_when_the_spread_differs():
+    calm = report_lib.answer_paragraph(report_lib.analyse_primary(_planted({}, rng_seed=6),
+                                                                  n_boot=50), 63, 63)
+    assert "Brown–Forsythe" not in calm
+    recs = _planted({}, rng_seed=6)
+    rng = np.random.default_rng(11)
+    for r in recs:
+        if r["format"] == "E7M0":
+            r["metrics"][METRIC] += rng.normal(0, 0.04)
+    text = report_lib.answer_paragraph(report_lib.analyse_primary(recs, n_boot=50), 63, 63)
+    assert "The residual spread differs between formats (Brown–Forsythe p = " in text
+    assert "t on 4 df, Holm" in text and "Welch–Satterthwaite" in text

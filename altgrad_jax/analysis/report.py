@@ -105,7 +105,10 @@ def analyse_primary(records: Sequence[dict], metric: str = PRIMARY[0], *, n_boot
     ``fit``, ``contrasts`` ({control: [Contrast per format]}), ``se``, ``mde`` and ``mde_holm``
     (the largest standard error of a per-format contrast against ``CONTROLS[0]`` and the benefit
     it detects with 80% power at alpha 0.05, and at Holm's strictest level 0.05 / formats;
-    `stats.minimum_detectable_effect`), ``best``, ``runner_up``,
+    `stats.minimum_detectable_effect`), ``checks`` (`stats.ModelChecks`), ``alone`` and
+    ``alone_trend`` (the per-format contrasts against ``CONTROLS[0]`` with each format's own
+    variance, `stats.format_alone_contrasts`, and their exponent-bit slope), ``best``,
+    ``runner_up``,
     ``best_vs_runner_up``, ``p_winner``, ``trend``, ``gap`` ({(format, arm): G})."""
     df = stats.primary_frame(records, metric, PRIMARY_ARMS)
     fit = stats.fit_pooled(df, PRIMARY_ARMS, formats=_order(df["format"]))
@@ -118,7 +121,12 @@ def analyse_primary(records: Sequence[dict], metric: str = PRIMARY[0], *, n_boot
                           and int(r["seed"]) != 0 and value(r, metric) is not None]).mean
     contrasts = {c: stats.format_contrasts(fit, TREATMENT, c) for c in CONTROLS}
     se = max(c.se for c in contrasts[control])  # equal in a balanced design
-    return {"fit": fit, "contrasts": contrasts, "se": se,
+    alone = stats.format_alone_contrasts(df, TREATMENT, control, fit.formats)
+    w = stats.trend_weights([c.label.split(":")[0] for c in alone])
+    return {"fit": fit, "contrasts": contrasts, "se": se, "checks": stats.model_checks(fit),
+            "alone": alone,
+            "alone_trend": None if w is None or len(alone) < 2 else stats.welch_combination(
+                alone, w, f"slope of ({TREATMENT} - {control}) on exponent bits, own variances"),
             "mde": stats.minimum_detectable_effect(se, float(fit.res.df_resid)),
             "mde_holm": stats.minimum_detectable_effect(se, float(fit.res.df_resid),
                                                         alpha=0.05 / len(fit.formats)),
@@ -161,7 +169,31 @@ def answer_paragraph(a: dict | None, n_done: int, n_planned: int) -> str:
              f"benefit of {a['mde']:.4f} with 80% power at α = 0.05, {a['mde_holm']:.4f} at "
              f"Holm's strictest α/{len(a['fit'].formats)}). Trend of the benefit per exponent bit: "
              f"{_ci(a['trend'])}.")
-    return head + verdict + count + missing
+    return head + verdict + count + _robust_sentence(a) + missing
+
+
+def _robust_sentence(a: dict) -> str:
+    """When the residual spread differs between formats (Brown-Forsythe p < 0.05): the same
+    claims with each format's own variance (`stats.format_alone_contrasts`)."""
+    mc, alone, trend = a["checks"], a["alone"], a["alone_trend"]
+    if not mc.spread_p < 0.05 or not alone:
+        return ""
+
+    def significant(cs) -> list[str]:
+        return [f"{c.label.split(':')[0]} ({'+' if c.estimate > 0 else '−'})" for c in cs
+                if c.p_holm < 0.05]
+
+    own, pooled = significant(alone), significant(a["contrasts"][CONTROLS[0]])
+    lost = [f for f in pooled if f not in own]
+    best = stats.by_format(alone).get(a["best"])
+    return (f" The residual spread differs between formats (Brown–Forsythe p = "
+            f"{_p(mc.spread_p)}), so the same contrasts with each format's own variance (its "
+            f"own model, t on {alone[0].df:.0f} df, Holm): {a['best']} "
+            + (_ci(best) if best else "—")
+            + f"; Holm-significant: {', '.join(own) or 'none'}"
+            + (f" (in the pooled model only: {', '.join(lost)})" if lost else "")
+            + (f"; trend {_ci(trend)} (Welch–Satterthwaite, {trend.df:.1f} df)." if trend
+               else "."))
 
 
 def _primary_table(a: dict, recs) -> list[str]:
@@ -182,23 +214,34 @@ def _checks(a: dict, recs) -> list[str]:
     """The pooled model's checks: its residuals' spread per format and normality, each format's
     contrast from its own seeds alone (no pooled variance), and the design's power."""
     fit, control = a["fit"], CONTROLS[0]
-    mc = stats.model_checks(fit)
-    pooled = stats.by_format(a["contrasts"][control])
+    mc = a["checks"]
+    pooled, alone = stats.by_format(a["contrasts"][control]), stats.by_format(a["alone"])
     rows = []
     for f in fit.formats:
         d = stats.paired_differences(recs, f, TREATMENT, control, PRIMARY[0])
-        rows.append([f, _ci(pooled[f]), "—" if d.n < 2 else
-                     f"{d.mean:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}] (n={d.n})",
+        own = alone.get(f)
+        rows.append([f, _ci(pooled[f]), f"{pooled[f].p_holm:.3g}",
+                     "—" if own is None else f"{_ci(own)} ({own.df:.0f} df)",
+                     "—" if own is None else f"{own.p_holm:.3g}",
+                     "—" if d.n < 2 else f"{d.mean:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}] (n={d.n})",
                      f"{mc.sd_by_format[f]:.4f}"])
     se, mde, mde_holm, df_resid = a["se"], a["mde"], a["mde_holm"], float(fit.res.df_resid)
     widest = max(pooled, key=lambda f: pooled[f].hi)
-    return (_table(["format", f"{TREATMENT} − {control}, pooled model [95% CI]",
-                    "this format's seeds alone, paired [95% CI]", "residual SD"], rows)
+    trend = a["alone_trend"]
+    return (_table(["format", f"{TREATMENT} − {control}, pooled model [95% CI]", "Holm p",
+                    "this format's own model and variance [95% CI]", "Holm p",
+                    "its seeds alone, paired [95% CI]", "residual SD"], rows)
             + ["", f"Residual spread the same in every format (the pooled model assumes it): "
                f"Brown–Forsythe p = {_p(mc.spread_p)}; residuals normal (the t intervals assume "
                f"it): Shapiro–Wilk p = {_p(mc.normal_p)} ({len(fit.frame)} residuals, residual "
-               f"SD {mc.resid_sd:.4f}, {df_resid:.0f} df). The paired column drops both "
-               "assumptions (each format's own seeds, t on n − 1 df), at the price of width.",
+               f"SD {mc.resid_sd:.4f}, {df_resid:.0f} df). The own-model column fits "
+               "`y ~ C(arm) + C(seed)` on each format's cells alone (`stats."
+               "format_alone_contrasts`: its own residual variance, exact t on its own df); "
+               "the paired column drops the model altogether (the format's own seeds, t on "
+               "n − 1 df), at the price of width."
+               + (f" Trend per exponent bit with the formats' own variances: {_ci(trend)} "
+                  f"(Welch–Satterthwaite, {trend.df:.1f} df; pooled: {_ci(a['trend'])})."
+                  if trend else ""),
                "", f"Power: each per-format contrast has SE {se:.4f} on {df_resid:.0f} residual "
                f"df, so a true benefit of {mde:.4f} is detected with 80% power at α = 0.05 "
                f"two-sided ({mde_holm:.4f} at α = 0.05/{len(fit.formats)}, Holm's strictest "
