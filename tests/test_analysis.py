@@ -616,3 +616,12 @@ def test_answer_adds_the_own_variance_reading_only_when_the_spread_differs():
     text = report_lib.answer_paragraph(report_lib.analyse_primary(recs, n_boot=50), 63, 63)
     assert "The residual spread differs between formats (Brown–Forsythe p = " in text
     assert "t on 4 df, Holm" in text and "Welch–Satterthwaite" in text
+
+
+def test_sections_without_cells_say_so_instead_of_an_empty_table(tmp_path):
+    text = open(report_lib.write_report(_study_dir(tmp_path, _planted({})), plots=False,
+                                        n_boot=50)).read()
+    for section, nxt in (("## The seeds' 12", "## E1M6"), ("## E1M6", "## References"),
+                         ("## References", "## Tuning")):
+        body = text[text.index(section):text.index(nxt)]
+        assert "No completed cells yet." in body and "|---" not in body, section

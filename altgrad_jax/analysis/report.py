@@ -81,6 +81,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
     return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
+def _table_or_none(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
+    """`_table`, or one line saying there is nothing yet (no header-only tables)."""
+    return _table(header, rows) if rows else ["No completed cells yet."]
+
+
 def _order(values) -> list[str]:
     vals = set(values)
     return [f for f in FORMAT_ORDER if f in vals] + sorted(vals - set(FORMAT_ORDER))
@@ -350,7 +355,8 @@ def _seeds12(recs) -> list[str]:
         rows.append([f, _mean_cell(recs, f, "adamw", PRIMARY[0]),
                      _mean_cell(recs, f, "manifold_gradient", PRIMARY[0]),
                      "—" if d.n < 2 else f"{d.mean:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]"])
-    return _table(["format", "adamw", "manifold_gradient", "difference (paired) [95% CI]"], rows)
+    return _table_or_none(["format", "adamw", "manifold_gradient",
+                           "difference (paired) [95% CI]"], rows)
 
 
 def _e1m6(recs) -> list[str]:
@@ -366,7 +372,8 @@ def _e1m6(recs) -> list[str]:
             rows.append([r["arm"], r["seed"], _f(a), _f(b),
                          _f(abs(a - b) if None not in (a, b) else None, 6),
                          _f(abs(la - lb) if None not in (la, lb) else None, 6)])
-    return _table(["arm", "seed", "E1M6", "E0M7", "|Δ macro-F1|", "|Δ test loss|"], rows)
+    return _table_or_none(["arm", "seed", "E1M6", "E0M7", "|Δ macro-F1|", "|Δ test loss|"],
+                          rows)
 
 
 def _tuning(recs, plan) -> list[str]:
@@ -590,10 +597,10 @@ def _other_sections(st: _Study) -> list[str]:
     lines = ["## The seeds' 12 conditions (regime a)", ""] + _seeds12(st.test_recs) + [""]
     lines += ["## E1M6 next to E0M7", ""] + _e1m6(st.recs) + [""]
     lines += ["## References (FP32, BF16)", ""]
-    lines += _table(["format", "arm", PRIMARY[1]],
-                    [[f, arm, _mean_cell(st.test_recs, f, arm, PRIMARY[0])]
-                     for f in ("none", "BF16") for arm in ("adamw",) + PRIMARY_ARMS
-                     if any(r["format"] == f and r["arm"] == arm for r in st.test_recs)]) + [""]
+    refs = [[f, arm, _mean_cell(st.test_recs, f, arm, PRIMARY[0])]
+            for f in ("none", "BF16") for arm in ("adamw",) + PRIMARY_ARMS
+            if any(r["format"] == f and r["arm"] == arm for r in st.test_recs)]
+    lines += _table_or_none(["format", "arm", PRIMARY[1]], refs) + [""]
     lines += ["## Tuning (seed 0)", ""] + _tuning(st.recs, st.plan) + [""]
     lines += _amendments(st.plan)
     lines += ["## Cost", ""] + _cost(st.all_recs) + [""] + _machines(st.recs) + [""]
