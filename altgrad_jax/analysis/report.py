@@ -648,7 +648,7 @@ def write_report(report_dir: str, *, plots: bool = True, n_boot: int = 2000) -> 
     return path
 
 
-BENEFIT_KEYS = ("diag/grid_steps_mean_abs", "diag/flips", "diag/stall_ratio")  # vs the benefit
+BENEFIT_KEYS = MECHANISM_KEYS[:4]  # against the benefit: below half step, grid steps, stalls, flips
 
 
 def _plots(report_dir, recs, fit_recs, fmts, a: dict | None) -> list[str]:
