@@ -1,6 +1,7 @@
 """The pre-registered analysis, the run records and the report, on synthetic records with planted
 effects (no training)."""
 
+import dataclasses
 import json
 import math
 import os
@@ -602,6 +603,8 @@ def test_welch_combination_of_two_means_is_welchs_t_test():
     lo, hi = ref.confidence_interval(0.95)
     assert (c.lo, c.hi) == pytest.approx((lo, hi)) and c.estimate == pytest.approx(
         a.mean() - b.mean())
+    exact = stats.welch_combination([dataclasses.replace(ca, se=0.0)], [1.0], "exact")
+    assert exact.estimate == ca.estimate and exact.se == 0.0 and math.isnan(exact.lo)
 
 
 def test_answer_adds_the_own_variance_reading_only_when_the_spread_differs():

@@ -307,6 +307,9 @@ def welch_combination(contrasts: Sequence[Contrast], weights: Sequence[float], l
     dfs = np.asarray([c.df for c in contrasts])
     est = float(w @ np.asarray([c.estimate for c in contrasts]))
     var = float(np.sum(w ** 2 * se2))
+    if not var > 0:  # every weighted contrast exact (or NaN): no interval
+        nan = float("nan")
+        return Contrast(label, est, math.sqrt(var) if var == 0 else nan, nan, nan, nan, df=nan)
     dof = var ** 2 / float(np.sum((w ** 2 * se2) ** 2 / dfs))
     se = math.sqrt(var)
     half = float(scipy.stats.t.ppf(0.5 + confidence / 2.0, dof)) * se
