@@ -628,3 +628,19 @@ def test_sections_without_cells_say_so_instead_of_an_empty_table(tmp_path):
                          ("## References", "## Tuning")):
         body = text[text.index(section):text.index(nxt)]
         assert "No completed cells yet." in body and "|---" not in body, section
+
+
+def test_a_study_without_a_primary_stage_says_so_and_lists_its_tuning(tmp_path):
+    mech = {"diag/flips": {"tail": 77.0}, "rank/effective_mean": {"last": 105.1}}
+    recs = [dict(_rec("E7M0", "ulp_sr", 0, None, factor=f, mech=mech), stage="tune_probe",
+                 metrics={"eval_tuned/macro_f1": v},
+                 applied={"field": matrix_lib.C, "value": float(eval(f))})
+            for f, v in (("3", 0.59), ("1/3", 0.61), ("1", 0.66))]
+    cells = [{"name": r["name"], "stage": "tune_probe", "seed": 0} for r in recs]
+    text = open(report_lib.write_report(_study_dir(tmp_path, recs, cells), plots=False)).read()
+    assert text.split("\n\n")[1].startswith("**No primary stage in this study's plan**")
+    assert "Not answerable yet" not in text
+    tune = text[text.index("## Tuning"):text.index("Chosen factors")]
+    rows = [ln for ln in tune.splitlines() if ln.startswith("| ulp_sr |")]
+    assert [ln.split(" | ")[2] for ln in rows] == ["1/3", "1", "3"]  # by factor's value
+    assert rows[1].endswith("| 0.6600 | 77 | 105.1 |")

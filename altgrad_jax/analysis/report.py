@@ -378,12 +378,16 @@ def _e1m6(recs) -> list[str]:
 
 def _tuning(recs, plan) -> list[str]:
     rows = []
-    for r in sorted((r for r in recs if r.get("factor")), key=lambda r: (r["arm"], r["format"])):
+    tuning = sorted((r for r in recs if r.get("factor")), key=lambda r: (
+        r["arm"], r["format"], float(fractions.Fraction(r["factor"]))))
+    for r in tuning:
         rows.append([r["arm"], r["format"], r["factor"], (r.get("applied") or {}).get("field", ""),
-                     _f(value(r, "applied/value"), 5), _f(value(r, "eval_tuned/macro_f1"))])
+                     _f(value(r, "applied/value"), 5), _f(value(r, "eval_tuned/macro_f1")),
+                     _f(value(r, _mech_key("diag/flips")), 0),
+                     _f(value(r, _mech_key("rank/effective_mean")), 1)])
     chosen = (plan or {}).get("chosen", {})
-    lines = _table(["arm", "format", "factor", "field", "value", "val macro-F1 (tuned thr.)"],
-                   rows)
+    lines = _table(["arm", "format", "factor", "field", "value", "val macro-F1 (tuned thr.)",
+                    "kernel weights moved (tail)", "effective rank (last)"], rows)
     lines += ["", "Chosen factors: " + (", ".join(f"{k} x{v}" for k, v in chosen.items())
                                         or "none yet") + "."]
     edges = _bracket_edges(recs, chosen)
@@ -569,8 +573,14 @@ def _answer_sections(st: _Study, title: str) -> list[str]:
     the mechanism."""
     status_lines, n_done, n_planned = _status(st.all_recs, st.plan)
     a = st.a
+    planned_stages = {c.get("stage") for c in (st.plan or {}).get("cells", [])}
+    first = (_interim_note(st.seeds, a) + answer_paragraph(a, n_done, n_planned)
+             if st.plan is None or "primary" in planned_stages or a is not None else
+             "**No primary stage in this study's plan** (an exploratory study, outside the "
+             "pre-registered analysis): its results are the tables below (stages: "
+             + ", ".join(sorted(str(x) for x in planned_stages)) + ").")
     lines = [f"# {title}: which 8-bit format benefits most from ULP-aware updates?", "",
-             _interim_note(st.seeds, a) + answer_paragraph(a, n_done, n_planned), ""]
+             first, ""]
     if any(r.get("dataset") == "synthetic" for r in st.recs):
         lines += [SYNTHETIC_BANNER, ""]
     lines += ["## Status", ""] + status_lines + [""]
