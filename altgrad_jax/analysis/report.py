@@ -53,7 +53,8 @@ CAVEATS = (
     "format (the protocol: the arms get the same budget, and no test seed informs it). A "
     "per-format optimum may differ, most plausibly on the formats furthest from the tuning pair "
     "(E0M7, E7M0): a per-format contrast compares the arms at their shared tuned factors, not at "
-    "each format's own best.",
+    "each format's own best. An exploratory probe of E7M0's step sizes, outside this analysis, "
+    "is in `reports/probe_e7m0/` (`configs/probe_e7m0.py`).",
     "Machines: the study runs in stretches, not all on the same box (2-core CPU machines of one "
     "kind; the seventh stretch's box trained ~2.7x faster per step than the earlier one's). The "
     "Cost section's step time mixes them, and XLA's arithmetic may differ in the last bits "
