@@ -455,6 +455,8 @@ def test_minimum_detectable_effect_matches_statsmodels_t_power(n, alpha, power):
     assert mde == pytest.approx(d * sd, rel=1e-4)  # statsmodels solves to ~1e-6
     assert math.isnan(stats.minimum_detectable_effect(0.0, 10))
     assert math.isnan(stats.minimum_detectable_effect(0.01, 0))
+    with pytest.raises(ValueError, match="power=0.04 must lie between alpha=0.05 and 1"):
+        stats.minimum_detectable_effect(0.01, 10, power=0.04)
 
 
 def _lstsq_residuals(df):

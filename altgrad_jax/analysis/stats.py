@@ -389,10 +389,16 @@ def minimum_detectable_effect(se: float, df: float, *, alpha: float = 0.05,
     (the noncentral t; both tails counted), and returns ``delta``. NaN when ``se`` or ``df`` is
     not a positive finite number.
 
+    Raises:
+      ValueError: ``power`` not in ``(alpha, 1)``.
+
     Example:
       >>> round(minimum_detectable_effect(1.0, 1e6), 3)   # normal limit: 1.960 + 0.842
       2.802
     """
+    if not alpha < power < 1.0:
+        raise ValueError(f"power={power} must lie between alpha={alpha} and 1 (a test at level "
+                         "alpha has power alpha at zero effect)")
     if not (math.isfinite(se) and se > 0 and math.isfinite(df) and df > 0):
         return float("nan")
     crit = scipy.stats.t.ppf(1.0 - alpha / 2.0, df)
