@@ -453,5 +453,5 @@ def test_tiny_study_end_to_end(tmp_path):
     assert "diag/stall_ratio" in rec["mechanism"] and "train/loss" in rec["curve"]
     assert os.path.getsize(records_lib.record_path(c.report_dir, rec["name"])) < 50_000
     text = open(os.path.join(c.report_dir, "REPORT.md")).read()
-    assert "SYNTHETIC DATA" in text and "Not answerable yet" in text
+    assert "SYNTHETIC DATA" in text and "No primary stage in this study's plan" in text  # tune + main
     assert sweep.run_sweep(c, log=lambda s: None)["ran"] == []
