@@ -14,6 +14,7 @@ Command line (trains nothing)::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import fractions
 import math
@@ -77,6 +78,11 @@ def _ci(c) -> str:
     return f"{c.estimate:+.4f} [{c.lo:+.4f}, {c.hi:+.4f}]"
 
 
+def _paired_ci(d: stats.Summary) -> str:
+    """A paired difference's mean and t interval (`stats.paired_differences`); "—" below n = 2."""
+    return "—" if d.n < 2 else f"{d.mean:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]"
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -128,7 +134,7 @@ def analyse_primary(records: Sequence[dict], metric: str = PRIMARY[0], *, n_boot
     contrasts = {c: stats.format_contrasts(fit, TREATMENT, c) for c in CONTROLS}
     se = max(c.se for c in contrasts[control])  # equal in a balanced design
     alone = stats.format_alone_contrasts(df, TREATMENT, control, fit.formats)
-    w = stats.trend_weights([c.label.split(":")[0] for c in alone])
+    w = stats.trend_weights(list(stats.by_format(alone)))
     return {"fit": fit, "contrasts": contrasts, "se": se, "checks": stats.model_checks(fit),
             "alone": alone,
             "alone_trend": None if w is None or len(alone) < 2 else stats.welch_combination(
@@ -186,8 +192,8 @@ def _robust_sentence(a: dict) -> str:
         return ""
 
     def significant(cs) -> list[str]:
-        return [f"{c.label.split(':')[0]} ({'+' if c.estimate > 0 else '−'})" for c in cs
-                if c.p_holm < 0.05]
+        return [f"{f} ({'+' if c.estimate > 0 else '−'})"
+                for f, c in stats.by_format(cs).items() if c.p_holm < 0.05]
 
     own, pooled = significant(alone), significant(a["contrasts"][CONTROLS[0]])
     lost = [f for f in pooled if f not in own]
@@ -218,7 +224,8 @@ def _primary_table(a: dict, recs) -> list[str]:
 
 def _checks(a: dict, recs) -> list[str]:
     """The pooled model's checks: its residuals' spread per format and normality, each format's
-    contrast from its own seeds alone (no pooled variance), and the design's power."""
+    contrast from its own model and variance and from its own seeds alone (paired, no model),
+    and the design's power."""
     fit, control = a["fit"], CONTROLS[0]
     mc = a["checks"]
     pooled, alone = stats.by_format(a["contrasts"][control]), stats.by_format(a["alone"])
@@ -229,7 +236,7 @@ def _checks(a: dict, recs) -> list[str]:
         rows.append([f, _ci(pooled[f]), f"{pooled[f].p_holm:.3g}",
                      "—" if own is None else f"{_ci(own)} ({own.df:.0f} df)",
                      "—" if own is None else f"{own.p_holm:.3g}",
-                     "—" if d.n < 2 else f"{d.mean:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}] (n={d.n})",
+                     _paired_ci(d) + (f" (n={d.n})" if d.n >= 2 else ""),
                      f"{mc.sd_by_format[f]:.4f}"])
     se, mde, mde_holm, df_resid = a["se"], a["mde"], a["mde_holm"], float(fit.res.df_resid)
     widest = max(pooled, key=lambda f: pooled[f].hi)
@@ -355,7 +362,7 @@ def _seeds12(recs) -> list[str]:
         d = stats.paired_differences(recs, f, "manifold_gradient", "adamw", PRIMARY[0])
         rows.append([f, _mean_cell(recs, f, "adamw", PRIMARY[0]),
                      _mean_cell(recs, f, "manifold_gradient", PRIMARY[0]),
-                     "—" if d.n < 2 else f"{d.mean:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]"])
+                     _paired_ci(d)])
     return _table_or_none(["format", "adamw", "manifold_gradient",
                            "difference (paired) [95% CI]"], rows)
 
@@ -443,14 +450,14 @@ def _cost(all_recs) -> list[str]:
 
 def _machines(recs) -> list[str]:
     """How many completed runs each machine ran (from the records' ``environment``)."""
-    counts: dict[str, int] = {}
-    for r in recs:
-        env = r.get("environment") or {}
-        key = (f"{env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores, "
-               f"{env.get('backend', '?')}: {env.get('device_kind', '?')}; jax "
-               f"{(env.get('versions') or {}).get('jax', '?')})" if env else
-               "not recorded (the record predates the field)")
-        counts[key] = counts.get(key, 0) + 1
+    def machine(env: dict) -> str:
+        if not env:
+            return "not recorded (the record predates the field)"
+        return (f"{env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores, "
+                f"{env.get('backend', '?')}: {env.get('device_kind', '?')}; jax "
+                f"{(env.get('versions') or {}).get('jax', '?')})")
+
+    counts = collections.Counter(machine(r.get("environment") or {}) for r in recs)
     if not counts:
         return []
     return ["Machines named by the records (the process that ended each run): "
@@ -487,7 +494,7 @@ def _status(all_recs, plan) -> tuple[list[str], int, int]:
     planned = [c for c in (plan or {}).get("cells", [])]
     names = {c["name"] for c in planned} | set(all_recs)
     done = {n for n, r in all_recs.items() if r.get("status") == "completed"}
-    prim = [c["name"] for c in planned if c.get("stage") == "primary"]
+    prim = [c["name"] for c in planned if c.get("stage") == stats.PRIMARY_STAGE]
     order = [c["name"] for c in planned] + sorted(set(all_recs) - {c["name"] for c in planned})
     stage_of = {c["name"]: c.get("stage", "?") for c in planned}
     stage_of.update({n: all_recs[n].get("stage", "?") for n in all_recs if n not in stage_of})
@@ -534,7 +541,7 @@ def interim_seeds(all_recs: dict, plan: dict | None) -> list[int] | None:
     model with a residual degree of freedom or two. Once every planned primary cell has a
     record (or without a plan) every seed enters: the pre-registered analysis.
     """
-    cells = [c for c in (plan or {}).get("cells", []) if c.get("stage") == "primary"]
+    cells = [c for c in (plan or {}).get("cells", []) if c.get("stage") == stats.PRIMARY_STAGE]
     if all(c["name"] in all_recs for c in cells):
         return None
     seeds = sorted({int(c["seed"]) for c in cells})
@@ -563,10 +570,21 @@ def _open(report_dir: str, n_boot: int) -> _Study:
     recs = [r for r in all_recs.values() if r.get("status") == "completed"]
     test_recs = [r for r in recs if r.get("factor") is None and int(r["seed"]) != 0]
     seeds = interim_seeds(all_recs, plan)
-    fit_recs = [r for r in test_recs if seeds is None or r.get("stage") != "primary"
+    fit_recs = [r for r in test_recs if seeds is None or r.get("stage") != stats.PRIMARY_STAGE
                 or int(r["seed"]) in seeds]
     return _Study(plan, all_recs, recs, test_recs, fit_recs, seeds,
                   analyse_primary(fit_recs, n_boot=n_boot))
+
+
+def _first_paragraph(st: _Study, n_done: int, n_planned: int) -> str:
+    """The answer (interim while the primary stage runs), or, for a plan without a primary
+    stage (an exploratory study), a line saying so."""
+    stages = {c.get("stage") for c in (st.plan or {}).get("cells", [])}
+    if st.plan is not None and stats.PRIMARY_STAGE not in stages and st.a is None:
+        return ("**No primary stage in this study's plan** (an exploratory study, outside the "
+                "pre-registered analysis): its results are the tables below (stages: "
+                + ", ".join(sorted(str(x) for x in stages)) + ").")
+    return _interim_note(st.seeds, st.a) + answer_paragraph(st.a, n_done, n_planned)
 
 
 def _answer_sections(st: _Study, title: str) -> list[str]:
@@ -574,14 +592,8 @@ def _answer_sections(st: _Study, title: str) -> list[str]:
     the mechanism."""
     status_lines, n_done, n_planned = _status(st.all_recs, st.plan)
     a = st.a
-    planned_stages = {c.get("stage") for c in (st.plan or {}).get("cells", [])}
-    first = (_interim_note(st.seeds, a) + answer_paragraph(a, n_done, n_planned)
-             if st.plan is None or "primary" in planned_stages or a is not None else
-             "**No primary stage in this study's plan** (an exploratory study, outside the "
-             "pre-registered analysis): its results are the tables below (stages: "
-             + ", ".join(sorted(str(x) for x in planned_stages)) + ").")
     lines = [f"# {title}: which 8-bit format benefits most from ULP-aware updates?", "",
-             first, ""]
+             _first_paragraph(st, n_done, n_planned), ""]
     if any(r.get("dataset") == "synthetic" for r in st.recs):
         lines += [SYNTHETIC_BANNER, ""]
     lines += ["## Status", ""] + status_lines + [""]

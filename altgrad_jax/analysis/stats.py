@@ -45,6 +45,7 @@ from statsmodels.stats.multitest import multipletests
 from altgrad_jax.formats import get_format
 
 FORMULA = "y ~ C(format) * C(arm) + C(seed)"
+PRIMARY_STAGE = "primary"  # the study stage whose cells the pooled model is fitted on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,14 +139,19 @@ class PooledFit:
         return self.row(fmt, treatment) - self.row(fmt, control)
 
     def contrast(self, L: np.ndarray, label: str) -> Contrast:
-        t = self.res.t_test(np.atleast_2d(L))
-        lo, hi = np.asarray(t.conf_int(alpha=1.0 - self.confidence))[0]
-        return Contrast(label, float(np.squeeze(t.effect)), float(np.squeeze(t.sd)), float(lo),
-                        float(hi), float(np.squeeze(t.pvalue)), df=float(self.res.df_resid))
+        return _t_contrast(self.res, L, label, self.confidence)
+
+
+def _t_contrast(res, L: np.ndarray, label: str, confidence: float) -> Contrast:
+    """``L beta`` of a fitted statsmodels OLS ``res``: its t test on the residual df."""
+    t = res.t_test(np.atleast_2d(L))
+    lo, hi = np.asarray(t.conf_int(alpha=1.0 - confidence))[0]
+    return Contrast(label, float(np.squeeze(t.effect)), float(np.squeeze(t.sd)), float(lo),
+                    float(hi), float(np.squeeze(t.pvalue)), df=float(res.df_resid))
 
 
 def primary_frame(records: Iterable[dict], metric: str, arms: Sequence[str],
-                  exclude_seeds: Sequence[int] = (0,), stage: str | None = "primary"
+                  exclude_seeds: Sequence[int] = (0,), stage: str | None = PRIMARY_STAGE
                   ) -> pd.DataFrame:
     """(format, arm, seed, y) of the completed, non-tuning records of ``arms`` in ``stage`` (the
     primary contrast; BF16 references and the E1M6 check live in other stages; None = any)."""
@@ -156,7 +162,8 @@ def primary_frame(records: Iterable[dict], metric: str, arms: Sequence[str],
 
 
 def is_primary_record(r: dict, metric: str, arms: Sequence[str],
-                      exclude_seeds: Sequence[int] = (0,), stage: str | None = "primary") -> bool:
+                      exclude_seeds: Sequence[int] = (0,),
+                      stage: str | None = PRIMARY_STAGE) -> bool:
     """Whether record ``r`` enters the primary analysis of ``metric`` (`primary_frame`'s rows):
     completed, not a tuning run, an arm of ``arms`` in ``stage``, a quantized format, a test
     seed, and a finite value of ``metric``."""
@@ -282,11 +289,7 @@ def format_alone_contrasts(df: pd.DataFrame, treatment: str, control: str,
             continue
         L = np.zeros(X.shape[1])
         L[list(X.columns).index(f"C(arm, Treatment(reference={control!r}))[T.{treatment}]")] = 1
-        t = res.t_test(np.atleast_2d(L))
-        lo, hi = np.asarray(t.conf_int(alpha=1.0 - confidence))[0]
-        out.append(Contrast(f"{f}: {treatment} - {control}", float(np.squeeze(t.effect)),
-                            float(np.squeeze(t.sd)), float(lo), float(hi),
-                            float(np.squeeze(t.pvalue)), df=float(res.df_resid)))
+        out.append(_t_contrast(res, L, f"{f}: {treatment} - {control}", confidence))
     return holm(out)
 
 
@@ -313,7 +316,7 @@ def welch_combination(contrasts: Sequence[Contrast], weights: Sequence[float], l
     dof = var ** 2 / float(np.sum((w ** 2 * se2) ** 2 / dfs))
     se = math.sqrt(var)
     half = float(scipy.stats.t.ppf(0.5 + confidence / 2.0, dof)) * se
-    p = float(2.0 * scipy.stats.t.sf(abs(est) / se, dof)) if se > 0 else float("nan")
+    p = float(2.0 * scipy.stats.t.sf(abs(est) / se, dof))
     return Contrast(label, est, se, est - half, est + half, p, df=dof)
 
 
