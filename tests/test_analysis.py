@@ -316,6 +316,42 @@ def test_before_the_model_fits_the_report_lists_the_cells_so_far_without_contras
     assert "BF16" not in section and "[95% CI]" not in section
 
 
+def test_e1m6_twins_stay_in_their_section_and_machines_are_checked(tmp_path):
+    """The E1M6 check's own E0M7 twins (seed 4, stage e1m6) enter the E1M6 table, bit-identity
+    judged on every metric and curve point, and no primary table; a paired group whose
+    records name two machines is listed."""
+    env = {"cpu": "Box A", "cpu_count": 2, "backend": "cpu", "device_kind": "cpu",
+           "versions": {"jax": "0"}}
+    recs = _planted({}, rng_seed=3)
+    for r in recs:
+        r["environment"] = env
+    odd = [r for r in recs if r["name"] == "E2M5__adamw_sr__s2"][0]
+    odd["environment"] = dict(env, cpu="Box B")
+    curve = {"train/loss": [[50, 0.5], [100, 0.25]]}
+    for a, y in zip(ARMS, (0.91, 0.92, 0.93)):  # far from every primary E0M7 cell
+        twin = dict(_rec("E0M7", a, 4, y, extra={"test/loss": 0.3}), stage="e1m6",
+                    environment=env, curve=curve)
+        e1 = dict(_rec("E1M6", a, 4, y, extra={"test/loss": 0.3}), stage="e1m6",
+                  environment=env, curve=curve)
+        if a == "ulp_sr":  # one pair differs in its last logged training loss only
+            e1["curve"] = {"train/loss": [[50, 0.5], [100, 0.25000000000000006]]}
+        recs += [twin, e1]
+    text = open(report_lib.write_report(_study_dir(tmp_path, recs), plots=False)).read()
+    e1 = text[text.index("## E1M6"):text.index("## References")]
+    assert "| e1m6 | adamw_rtn | 4 | e1m6 | 0.9100 | 0.9100 | 0.000000 | 0.000000 | yes | Box A" in e1
+    assert "| e1m6 | ulp_sr | 4 | e1m6 | 0.9300 | 0.9300 |" in e1 and "| no |" in e1
+    assert "2 of 3 pairs" in e1
+    upto_e1m6 = text[:text.index("## E1M6")]
+    assert "0.9100" not in upto_e1m6 and "0.9300" not in upto_e1m6
+    prim = [r[METRIC] for r in (x["metrics"] for x in recs if x["stage"] == "primary"
+                                and x["name"].startswith("E0M7__adamw_rtn__"))]
+    table = text[text.index("## Primary contrast"):text.index("### Model checks")]
+    row = [ln for ln in table.splitlines() if ln.startswith("| E0M7 |")][0]
+    half = scipy.stats.t.ppf(0.975, 2) * np.std(prim, ddof=1) / np.sqrt(3)
+    assert row.split(" | ")[1] == f"{np.mean(prim):.4f} ± {half:.4f} (n=3)"
+    assert "run on more than one machine: primary E2M5 seed 2." in text
+
+
 def test_report_from_records_alone(tmp_path):
     recs = _planted({"E5M2": 0.05, "E4M3": 0.01}, rng_seed=2)
     recs += [_rec("none", "adamw", s, 0.62) for s in (1, 2, 3)]
@@ -338,7 +374,10 @@ def test_report_from_records_alone(tmp_path):
     assert "| E1M6 |" not in primary and "| BF16 |" not in primary
     e1 = text[text.index("## E1M6"):text.index("## References")]
     e0 = [r for r in recs if r["name"] == "E0M7__adamw_rtn__s1"][0]["metrics"][METRIC]
-    assert f"| adamw_rtn | 1 | 0.4000 | {e0:.4f} |" in e1
+    assert f"| e1m6 | adamw_rtn | 1 | primary | 0.4000 | {e0:.4f} |" in e1
+    refs = text[text.index("## References"):text.index("## Tuning")]
+    assert ("ulp_sr − adamw_sr +0.6000 [+0.6000, +0.6000] (n=3); ulp_sr − adamw_rtn +0.6000"
+            in refs) and "adamw_sr − adamw_rtn +0.0000" in refs  # BF16's own seeds, paired
     tune = text[text.index("## Tuning"):text.index("## Caveats")]
     assert "| ulp_sr | E3M4 | 1/3 | optimizer.grid_step_multiplier | 0.33333 | 0.3000 |" in tune
     for caveat in ("exponent bias", "E1M6 = E0M7", "eps/S", "6 layers", "embedding"):

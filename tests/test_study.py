@@ -93,7 +93,9 @@ def test_study_cpu_cells_in_run_order():
     count = {st: sum(s.stage == st for s in specs) for st in stages}
     assert count == {"tune_primary": 18, "primary": 63, "tune_reference": 6, "reference": 3,
                      "reference_bf16": 9,
-                     "tune_more": 18, "seeds12": 36, "e1m6": 3, "per_tensor": 18}
+                     "tune_more": 18, "seeds12": 36, "e1m6": 6, "per_tensor": 18}
+    e1m6 = [s for s in specs if s.stage == "e1m6"]  # the check runs its own E0M7 twins
+    assert {(s.format, s.seed) for s in e1m6} == {("E1M6", 4), ("E0M7", 4)}
     names = [s.name for s in specs]
     assert len(set(names)) == len(names)
     assert all(s.seed == 0 for s in specs if s.is_tuning)

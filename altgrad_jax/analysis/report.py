@@ -40,7 +40,7 @@ CAVEATS = (
     "Exponent bias is irrelevant here: under per-tensor amax scaling the bias is a power of two "
     "the scale absorbs.",
     "E1M6 = E0M7: E1M6 is the E0M7 grid times 4, so under amax scaling both give identical "
-    "quantized tensors (the `e1m6` rows check it).",
+    "quantized tensors (the E1M6 section checks the runs bit for bit).",
     "Gradient-mode ManifoldAdamW (`manifold_gradient`, the seeds' algorithm) is AdamW with "
     "epsilon eps/S: Adam's normalisation cancels a per-coordinate scale that is constant in time.",
     "CPU scale (2 layers, d=128, length 128, ~1,000 steps) vs the seeds' full scale (6 layers, "
@@ -56,13 +56,15 @@ CAVEATS = (
     "(E0M7, E7M0): a per-format contrast compares the arms at their shared tuned factors, not at "
     "each format's own best. An exploratory probe of E7M0's step sizes, outside this analysis, "
     "is in `reports/probe_e7m0/` (`configs/probe_e7m0.py`).",
-    "Machines: the study runs in stretches, not all on the same box (2-core CPU machines of one "
-    "kind; the seventh stretch's box trained ~2.7x faster per step than the earlier one's). The "
-    "Cost section's step time mixes them, and XLA's arithmetic may differ in the last bits "
-    "between machines. In the primary stage seed 1's E0M7-E4M3 cells ran on the first box and "
-    "everything from its E5M2 cells on the second; the three arms of one format and seed always "
-    "ran on one box, so a per-format contrast never spans two machines, and last-bit "
-    "differences act as another random stream (noise), not as an effect of an arm.",
+    "Machines: the study runs in stretches on more than one kind of 2-core CPU box (the Cost "
+    "section names them; the seventh stretch's box trained ~2.7x faster per step than the first "
+    "one's). The Cost section's step time mixes them, and XLA's arithmetic may differ in the "
+    "last bits between CPU kinds (its code is compiled for the host's instruction set). In the "
+    "primary stage seed 1's E0M7-E4M3 cells ran on the first box and everything from its E5M2 "
+    "cells on the second; the three arms of one format and seed always ran on one box (the "
+    "Cost section checks it on every record that names its machine), so a per-format contrast "
+    "never spans two machines, and last-bit differences act as another random stream (noise), "
+    "not as an effect of an arm.",
 )
 
 
@@ -367,21 +369,49 @@ def _seeds12(recs) -> list[str]:
                            "difference (paired) [95% CI]"], rows)
 
 
+def _e1m6_twin(r: dict, recs) -> dict | None:
+    """The E0M7 cell of E1M6 record ``r`` (same arm, seed and factor), from ``r``'s own stage if
+    it has one there (run beside it, on the same machine), else from any stage."""
+    twins = [t for t in recs if t["format"] == "E0M7" and t["arm"] == r["arm"]
+             and t["seed"] == r["seed"] and t.get("factor") == r.get("factor")]
+    twins.sort(key=lambda t: t.get("stage") != r.get("stage"))
+    return twins[0] if twins else None
+
+
+def _bit_identical(a: dict, b: dict) -> bool:
+    """Every metric but the throughputs and every curve point equal, to the last bit."""
+    ma, mb = a.get("metrics") or {}, b.get("metrics") or {}
+    keys = [k for k in set(ma) | set(mb) if not k.endswith("samples_per_s")]
+    return (all(ma.get(k) == mb.get(k) for k in keys)
+            and (a.get("curve") or {}) == (b.get("curve") or {}))
+
+
 def _e1m6(recs) -> list[str]:
-    rows = []
-    for r in recs:
-        if r["format"] != "E1M6":
+    """E1M6 beside its E0M7 twin: under amax scaling the same quantized tensors, so the same run
+    bit for bit when both ran on one machine (XLA's CPU code differs between CPU kinds)."""
+    rows, same = [], []
+    arm_order = list(ARMS)
+    for r in sorted((r for r in recs if r["format"] == "E1M6"),
+                    key=lambda r: (str(r.get("stage")), r["seed"], arm_order.index(r["arm"]))):
+        twin = _e1m6_twin(r, recs)
+        if twin is None:
             continue
-        twin = [t for t in recs if t["format"] == "E0M7" and t["arm"] == r["arm"]
-                and t["seed"] == r["seed"] and t.get("factor") == r.get("factor")]
-        if twin:
-            a, b = value(r, PRIMARY[0]), value(twin[0], PRIMARY[0])
-            la, lb = value(r, "test/loss"), value(twin[0], "test/loss")
-            rows.append([r["arm"], r["seed"], _f(a), _f(b),
-                         _f(abs(a - b) if None not in (a, b) else None, 6),
-                         _f(abs(la - lb) if None not in (la, lb) else None, 6)])
-    return _table_or_none(["arm", "seed", "E1M6", "E0M7", "|Δ macro-F1|", "|Δ test loss|"],
-                          rows)
+        a, b = value(r, PRIMARY[0]), value(twin, PRIMARY[0])
+        la, lb = value(r, "test/loss"), value(twin, "test/loss")
+        ma, mb = machine_name(r), machine_name(twin)
+        ident = _bit_identical(r, twin)
+        same.append(ident)
+        rows.append([r.get("stage", "?"), r["arm"], r["seed"], twin.get("stage", "?"), _f(a),
+                     _f(b), _f(abs(a - b) if None not in (a, b) else None, 6),
+                     _f(abs(la - lb) if None not in (la, lb) else None, 6),
+                     "yes" if ident else "no", ma if ma == mb else f"{ma} / {mb}"])
+    lines = _table_or_none(["stage", "arm", "seed", "E0M7 twin's stage", "E1M6", "E0M7",
+                            "|Δ macro-F1|", "|Δ test loss|", "bit-identical",
+                            "machine (E1M6 / E0M7)"], rows)
+    if same:
+        lines += ["", f"Bit-identical (every metric but throughput and every logged training "
+                      f"loss equal to the last bit): {sum(same)} of {len(same)} pairs."]
+    return lines
 
 
 def _tuning(recs, plan) -> list[str]:
@@ -448,21 +478,37 @@ def _cost(all_recs) -> list[str]:
             "`python sweep.py --config=configs/study_cpu.py --dry_run`)."]
 
 
-def _machines(recs) -> list[str]:
-    """How many completed runs each machine ran (from the records' ``environment``)."""
-    def machine(env: dict) -> str:
-        if not env:
-            return "not recorded (the record predates the field)"
-        return (f"{env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores, "
-                f"{env.get('backend', '?')}: {env.get('device_kind', '?')}; jax "
-                f"{(env.get('versions') or {}).get('jax', '?')})")
+def machine_name(r: dict) -> str:
+    """The machine a record names (its ``environment``: the process that ended the run)."""
+    env = r.get("environment") or {}
+    if not env:
+        return "not recorded"
+    return (f"{env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores, "
+            f"{env.get('backend', '?')}: {env.get('device_kind', '?')}; jax "
+            f"{(env.get('versions') or {}).get('jax', '?')})")
 
-    counts = collections.Counter(machine(r.get("environment") or {}) for r in recs)
+
+def _machines(recs) -> list[str]:
+    """How many completed runs each machine ran, and the paired groups (one stage, format and
+    seed: the cells a per-format contrast compares) whose records name more than one."""
+    counts = collections.Counter(machine_name(r) for r in recs)
     if not counts:
         return []
-    return ["Machines named by the records (the process that ended each run): "
-            + "; ".join(f"{k}: {n} run{'s' if n != 1 else ''}" for k, n in sorted(counts.items()))
-            + "."]
+    lines = ["Machines named by the records (the process that ended each run; \"not recorded\": "
+             "the record predates the field): "
+             + "; ".join(f"{k}: {n} run{'s' if n != 1 else ''}" for k, n in sorted(counts.items()))
+             + "."]
+    groups = collections.defaultdict(set)
+    for r in recs:
+        if r.get("factor") is None and int(r["seed"]) != 0:
+            groups[(r.get("stage"), r["format"], r["seed"])].add(machine_name(r))
+    known = {g: m for g, m in groups.items() if "not recorded" not in m}
+    split = sorted(f"{st} {f} seed {s}" for (st, f, s), m in known.items() if len(m) > 1)
+    if known:
+        lines += ["", f"Paired groups (stage, format, seed) whose records all name a machine: "
+                      f"{len(known)}; of these, run on more than one machine: "
+                      + (", ".join(split) if split else "none") + "."]
+    return lines
 
 
 def _amendments(plan) -> list[str]:
@@ -563,12 +609,25 @@ class _Study:
     a: dict | None
 
 
+def _primary_cells(recs, plan) -> set[tuple[str, str]]:
+    """The (format, arm) pairs of the primary stage (planned or recorded). A record of one of
+    them from another stage (the E1M6 check's E0M7 twins) is analysed in its own section only,
+    so that every primary-derived table (cell means, checks, mechanism) reads exactly the
+    records of the fit."""
+    cells = [c for c in (plan or {}).get("cells", []) if c.get("stage") == stats.PRIMARY_STAGE]
+    cells += [r for r in recs if r.get("stage") == stats.PRIMARY_STAGE]
+    return {(c["format"], c["arm"]) for c in cells}
+
+
 def _open(report_dir: str, n_boot: int) -> _Study:
     plan_path = os.path.join(report_dir, "plan.json")
     plan = read_json(plan_path) if os.path.exists(plan_path) else None
     all_recs = load_records(report_dir)
     recs = [r for r in all_recs.values() if r.get("status") == "completed"]
-    test_recs = [r for r in recs if r.get("factor") is None and int(r["seed"]) != 0]
+    primary = _primary_cells(recs, plan)
+    test_recs = [r for r in recs if r.get("factor") is None and int(r["seed"]) != 0
+                 and (r.get("stage") == stats.PRIMARY_STAGE
+                      or (r["format"], r["arm"]) not in primary)]
     seeds = interim_seeds(all_recs, plan)
     fit_recs = [r for r in test_recs if seeds is None or r.get("stage") != stats.PRIMARY_STAGE
                 or int(r["seed"]) in seeds]
@@ -619,15 +678,26 @@ def _other_sections(st: _Study) -> list[str]:
     """The seeds' 12 conditions, E1M6, the references, tuning, amendments, cost and caveats."""
     lines = ["## The seeds' 12 conditions (regime a)", ""] + _seeds12(st.test_recs) + [""]
     lines += ["## E1M6 next to E0M7", ""] + _e1m6(st.recs) + [""]
-    lines += ["## References (FP32, BF16)", ""]
-    refs = [[f, arm, _mean_cell(st.test_recs, f, arm, PRIMARY[0])]
-            for f in ("none", "BF16") for arm in ("adamw",) + PRIMARY_ARMS
-            if any(r["format"] == f and r["arm"] == arm for r in st.test_recs)]
-    lines += _table_or_none(["format", "arm", PRIMARY[1]], refs) + [""]
+    lines += ["## References (FP32, BF16)", ""] + _references(st.test_recs) + [""]
     lines += ["## Tuning (seed 0)", ""] + _tuning(st.recs, st.plan) + [""]
     lines += _amendments(st.plan)
     lines += ["## Cost", ""] + _cost(st.all_recs) + [""] + _machines(st.recs) + [""]
     return lines + ["## Caveats", ""] + [f"- {c}" for c in CAVEATS + _code_caveats(st.recs)] + [""]
+
+
+def _references(recs) -> list[str]:
+    """FP32 AdamW and the BF16 rows, and BF16's own paired contrasts (its seeds alone)."""
+    refs = [[f, arm, _mean_cell(recs, f, arm, PRIMARY[0])]
+            for f in ("none", "BF16") for arm in ("adamw",) + PRIMARY_ARMS
+            if any(r["format"] == f and r["arm"] == arm for r in recs)]
+    lines = _table_or_none(["format", "arm", PRIMARY[1]], refs)
+    pairs = [(TREATMENT, CONTROLS[0]), (TREATMENT, CONTROLS[1]), (CONTROLS[0], CONTROLS[1])]
+    diffs = [(t, c, stats.paired_differences(recs, "BF16", t, c, PRIMARY[0])) for t, c in pairs]
+    if any(d.n >= 2 for _, _, d in diffs):
+        lines += ["", "BF16, paired by seed (its seeds alone, t on n − 1 df; outside the pooled "
+                      "8-bit model): " + "; ".join(f"{t} − {c} {_paired_ci(d)} (n={d.n})"
+                                                   for t, c, d in diffs if d.n >= 2) + "."]
+    return lines
 
 
 def _formats(st: _Study) -> list[str]:
