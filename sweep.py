@@ -197,11 +197,11 @@ def _wait_for_tuning(study, spec, log, tag):
     while True:
         records = study.records()
         choices = study.choices(records)
-        ch = choices.get(spec.arm)
+        ch = study.choice(choices, spec)
         if spec.is_tuning or ch is None or ch.status != "pending" or not any(
                 _live_lock(os.path.join(study.run_dir, f"{n}.lock")) for n in ch.missing):
             return records, choices
-        log(f"{tag} {spec.name}: waiting for the tuning of {spec.arm} "
+        log(f"{tag} {spec.name}: waiting for the tuning of {ch.arm} "
             f"({len(ch.missing)} runs left, trained by another process)")
         time.sleep(WAIT_POLL_S)
 
@@ -248,9 +248,9 @@ def run_sweep(study_cfg, *, extra_overrides=(), only=(), dry_run=False, retry_di
         tag = f"[{len(visited)}/{len(selected)}]"
         records, choices = _wait_for_tuning(study, spec, log, tag)
         study_lib.write_plan(study, choices)
-        ch = choices.get(spec.arm)
+        ch = study.choice(choices, spec)
         if not spec.is_tuning and ch is not None and ch.status != "chosen":
-            log(f"{tag} {spec.name}: blocked (tuning of {spec.arm} {ch.status}: "
+            log(f"{tag} {spec.name}: blocked (tuning of {ch.arm} {ch.status}: "
                 f"{', '.join(ch.missing) or 'no finite score'})")
             out["blocked"].append(spec.name)
             spec, selected = _next_cell(study, only, visited)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
+from altgrad_jax.analysis import cost as cost_lib
 from altgrad_jax.analysis import matrix as matrix_lib
 from altgrad_jax.analysis import records as records_lib
 from altgrad_jax.analysis import study as study_lib
@@ -181,6 +182,46 @@ def test_tuning_choice_is_applied_to_later_cells(tmp_path):
     tie = {n: dict(r, metrics={"eval_tuned/macro_f1": 0.5}) for n, r in recs.items()}
     tie = {n: dict(r, status="completed") for n, r in tie.items()}
     assert study.choices(tie)["adamw_sr"].factor == "1"
+
+
+def test_format_scope_tunes_each_format_on_its_own(tmp_path):
+    """tuning_scope='format': one choice per (arm, format) from that format's own cells, the
+    bracket extended on that format only, each test cell at its format's factor and gated by
+    its format's tuning; a test format without tuning cells is a clear error."""
+    c = _study(tmp_path, ["tune | E0M7,E7M0 | ulp_sr | 0", "main | E0M7,E7M0 | ulp_sr | 1"])
+    c.tuning_scope = "format"
+    c.tuning_extensions = 1
+    study = study_lib.open_study(c)
+    # E0M7 peaks inside the bracket (x1); E7M0 at its smallest factor (x1/3), then at x1/9
+    f1 = {"E0M7": {"1/3": 0.60, "1": 0.65, "3": 0.62},
+          "E7M0": {"1/9": 0.70, "1/3": 0.68, "1": 0.64, "3": 0.50}}
+    recs = {s.name: _record(s, score=f1[s.format][s.factor]) for s in study.planned
+            if s.is_tuning}
+    ch = study.choices(recs)
+    assert set(ch) == {"ulp_sr@E0M7", "ulp_sr@E7M0"}
+    assert ch["ulp_sr@E0M7"].status == "chosen" and ch["ulp_sr@E0M7"].factor == "1"
+    assert ch["ulp_sr@E7M0"].status == "pending"
+    assert ch["ulp_sr@E7M0"].missing == ("E7M0__ulp_sr__s0__x1o9",)  # its format only
+    main = {s.format: s for s in study.specs if s.stage == "main"}
+    states = {f: cost_lib.cell_state(s, recs, ch) for f, s in main.items()}
+    assert states == {"E0M7": "todo", "E7M0": "wait_tune"}
+    recs["E7M0__ulp_sr__s0__x1o9"] = _record(study.specs[[s.name for s in study.specs].index(
+        "E7M0__ulp_sr__s0__x1o9")], score=0.70)
+    chosen = tuning_lib.chosen_factors(study.choices(recs).values())
+    assert chosen == {"ulp_sr@E0M7": "1", "ulp_sr@E7M0": "1/9"}  # x1/9 at the edge: budget spent
+    for f, c_ in (("E0M7", 1.0), ("E7M0", 1 / 9)):
+        cfg = matrix_lib.run_config(main[f], study.base, chosen=chosen)
+        assert cfg.optimizer.grid_step_multiplier == pytest.approx(c_)
+    # the shared scope on the same records: one factor for both (mean over the formats)
+    c.tuning_scope = "arm"
+    assert set(study_lib.open_study(c).choices(recs)) == {"ulp_sr"}
+    c.tuning_scope = "format"
+    c.stages = ("tune | E0M7 | ulp_sr | 0", "main | E0M7,E4M3 | ulp_sr | 1")
+    with pytest.raises(ValueError, match="E4M3__ulp_sr__s1 have no tuning cells on their format"):
+        study_lib.open_study(c)
+    c.tuning_scope = "formats"
+    with pytest.raises(ValueError, match="tuning_scope must be one of"):
+        study_lib.open_study(c)
 
 
 def test_bracket_extends_at_an_edge_until_the_best_is_inside(tmp_path):

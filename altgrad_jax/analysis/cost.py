@@ -14,6 +14,7 @@ import dataclasses
 import statistics
 from collections.abc import Mapping, Sequence
 
+from altgrad_jax.analysis import tuning as tuning_lib
 from altgrad_jax.analysis.records import value
 
 DEFAULT_SEC_PER_STEP = 0.57
@@ -34,7 +35,7 @@ def cell_state(spec, records: Mapping[str, dict], choices: Mapping) -> str:
     if rec is not None:
         status = rec.get("status")
         return "done" if status == "completed" else str(status)
-    ch = choices.get(spec.arm)
+    ch = tuning_lib.choice_for(choices, spec.arm, spec.format)
     if not spec.is_tuning and ch is not None and ch.status != "chosen":
         return "wait_tune"
     return "todo"

@@ -308,12 +308,14 @@ def expand(study_cfg: ml_collections.ConfigDict,
 
 
 def add_tuning_factors(specs: Sequence[RunSpec], add: Mapping[str, str]) -> list[RunSpec]:
-    """``specs`` with, for each ``arm: factor`` of ``add``, one more tuning cell per (format,
-    seed) of the arm's tuning cells, at that factor, placed right after the arm's last tuning
-    cell (the bracket extension of `altgrad_jax.analysis.tuning`)."""
+    """``specs`` with, for each ``key: factor`` of ``add``, one more tuning cell per (format,
+    seed) of the key's tuning cells (the arm's, or with a key ``"<arm>@<format>"`` the arm's on
+    that format), at that factor, placed right after the key's last tuning cell (the bracket
+    extension of `altgrad_jax.analysis.tuning`)."""
     out = list(specs)
-    for arm, factor in add.items():
-        tune = [s for s in out if s.is_tuning and s.arm == arm]
+    for key, factor in add.items():
+        arm, _, fmt = key.partition("@")
+        tune = [s for s in out if s.is_tuning and s.arm == arm and fmt in ("", s.format)]
         if not tune:
             continue
         names = {s.name for s in out}
@@ -332,9 +334,11 @@ def add_tuning_factors(specs: Sequence[RunSpec], add: Mapping[str, str]) -> list
 
 def tuned_value(spec: RunSpec, chosen: Mapping[str, str] | None) -> tuple[str, float, str]:
     """``(field, value, factor)`` the cell's tuned field gets: base x its own factor (tuning
-    cells), base x the chosen factor (arms with a choice), else base x 1."""
+    cells), base x the chosen factor (the cell's format's own choice, else its arm's), else
+    base x 1."""
     arm = ARMS[spec.arm]
-    factor = spec.factor or (chosen or {}).get(spec.arm) or "1"
+    own = (chosen or {}).get(f"{spec.arm}@{spec.format}", (chosen or {}).get(spec.arm))
+    factor = spec.factor or own or "1"
     return arm.tune_field, arm.tune_base * float(fractions.Fraction(factor)), factor
 
 
@@ -345,7 +349,8 @@ def run_config(spec: RunSpec, base: ml_collections.ConfigDict | None = None, *,
     Args:
       spec: a cell from `expand`.
       base: the base run config (default: loaded from ``spec.base_config``); not modified.
-      chosen: ``{arm: factor}`` chosen by the tuning stage (`tuning.choose_factors`).
+      chosen: ``{key: factor}`` chosen by the tuning stage (`tuning.choose_factors`; a key is
+        an arm or ``"<arm>@<format>"``).
     """
     cfg = load_config_file(spec.base_config) if base is None else base
     cfg = ml_collections.ConfigDict(cfg.to_dict())

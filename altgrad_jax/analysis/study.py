@@ -49,6 +49,11 @@ class Study:
     def metric(self) -> str:
         return str(self.cfg.get("tuning_metric", tuning_lib.DEFAULT_METRIC))
 
+    @property
+    def scope(self) -> str:
+        """``tuning_scope``: one factor per arm (``"arm"``) or per (arm, format)."""
+        return str(self.cfg.get("tuning_scope", "arm"))
+
     def records(self) -> dict[str, dict]:
         return load_records(self.report_dir)
 
@@ -61,7 +66,8 @@ class Study:
         specs = list(self.planned)
         while True:
             add = tuning_lib.factors_to_add([s for s in specs if s.is_tuning], records,
-                                            max_factors=max_factors, metric=self.metric)
+                                            max_factors=max_factors, metric=self.metric,
+                                            scope=self.scope)
             if not add:
                 break
             specs = matrix_lib.add_tuning_factors(specs, add)
@@ -69,10 +75,16 @@ class Study:
         return specs
 
     def choices(self, records: dict | None = None) -> dict:
-        """``{arm: tuning.Choice}`` from the current records (``specs`` refreshed first)."""
+        """``{key: tuning.Choice}`` from the current records (``specs`` refreshed first; keys:
+        `tuning.choice_key`)."""
         records = self.records() if records is None else records
         self.refresh(records)
-        return tuning_lib.choose_factors(self.tuning_specs, records, metric=self.metric)
+        return tuning_lib.choose_factors(self.tuning_specs, records, metric=self.metric,
+                                         scope=self.scope)
+
+    def choice(self, choices: dict, spec):
+        """The `tuning.Choice` that gates ``spec`` (None: its arm is not tuned)."""
+        return tuning_lib.choice_for(choices, spec.arm, spec.format)
 
     def num_steps(self, spec) -> int:
         steps = dict(spec.overrides).get("train.num_steps", self.base.train.num_steps)
@@ -88,10 +100,28 @@ def open_study(study_cfg: ml_collections.ConfigDict, *, extra_overrides: Any = (
         raise ValueError(f"tuning_extensions must be >= 0, got {ext}")
     base = load_config_file(str(study_cfg.base_config)) if base is None else base
     planned = matrix_lib.expand(study_cfg, base, extra_overrides=extra_overrides)
+    _check_scope(str(study_cfg.get("tuning_scope", "arm")), planned)
     study = Study(study_cfg, base, planned, list(planned), str(study_cfg.report_dir),
                   str(study_cfg.run_dir))
     study.refresh()
     return study
+
+
+def _check_scope(scope: str, planned: list) -> None:
+    """With ``tuning_scope="format"`` every test cell of a tuned arm needs tuning cells on its
+    own format (else it would silently train at x1)."""
+    tuning_lib.choice_key("", "", scope)  # ValueError for an unknown scope
+    if scope != "format":
+        return
+    tuned = {(s.arm, s.format) for s in planned if s.is_tuning}
+    arms = {a for a, _ in tuned}
+    orphans = [s.name for s in planned
+               if not s.is_tuning and s.arm in arms and (s.arm, s.format) not in tuned]
+    if orphans:
+        raise ValueError(f"tuning_scope='format': {', '.join(orphans[:3])}"
+                         f"{' ...' if len(orphans) > 3 else ''} have no tuning cells on their "
+                         "format; add the format to a tuning stage of the arm, or use "
+                         "tuning_scope='arm'")
 
 
 def write_plan(study: Study, choices: dict) -> str:
@@ -136,7 +166,7 @@ def dry_run_lines(study: Study, specs: list | None = None) -> list[str]:
             lines.append(f"-- stage {stage} ({len(members)} cells, {h:.1f} core-hours; "
                          f"{cum_h:.1f} cumulative)")
         field, val, fac = matrix_lib.tuned_value(s, chosen)
-        ch = choices.get(s.arm)
+        ch = study.choice(choices, s)
         if not s.is_tuning and ch is not None and ch.status != "chosen":
             tuned = f"{field.split('.')[-1]}=tuning {ch.status}"
         else:

@@ -18,6 +18,12 @@ format, the choice is pending until those runs finish, and the rule applies agai
 ``tuning_extensions`` factors per arm. The rule is fixed before any extension runs, so it is part
 of the pre-registered protocol, not a choice made after seeing the test data (tuning uses the
 validation split of seed 0 only).
+
+Scope (``tuning_scope`` in a study config): ``"arm"`` (default) chooses one factor per arm,
+shared by every format, from the mean over the tuning formats; ``"format"`` chooses one per
+(arm, format) from that format's own tuning cells (key ``"<arm>@<format>"``), so that every
+format is compared at each arm's own best step size; the bracket extension then applies per
+(arm, format).
 """
 
 from __future__ import annotations
@@ -28,14 +34,33 @@ import math
 from collections.abc import Iterable, Sequence
 
 DEFAULT_METRIC = "eval_tuned/macro_f1"
+SCOPES = ("arm", "format")
+
+
+def choice_key(arm: str, fmt: str, scope: str = "arm") -> str:
+    """The key of a tuning choice: the arm (scope ``"arm"``) or ``"<arm>@<format>"``.
+
+    Example:
+      >>> choice_key("ulp_sr", "E7M0"), choice_key("ulp_sr", "E7M0", "format")
+      ('ulp_sr', 'ulp_sr@E7M0')
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"tuning_scope must be one of {SCOPES}, got {scope!r}")
+    return arm if scope == "arm" else f"{arm}@{fmt}"
+
+
+def choice_for(choices: dict, arm: str, fmt: str):
+    """The choice (or chosen factor) that applies to a cell of ``arm`` on ``fmt``: its format's
+    own (``"<arm>@<format>"``) if there is one, else the arm's; None when the arm is untuned."""
+    return choices.get(f"{arm}@{fmt}", choices.get(arm))
 
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    """The tuning outcome of one arm.
+    """The tuning outcome of one arm (or of one arm on one format: ``tuning_scope="format"``).
 
     Attributes:
-      arm: the arm.
+      arm: the choice's key (`choice_key`): the arm, or ``"<arm>@<format>"``.
       status: ``"chosen"``, ``"pending"`` (tuning cells without a final record) or ``"failed"``.
       factor: the chosen factor (``"1/3"``, ``"1"``, ``"3"``), None unless chosen.
       scores: ``{factor: mean score}`` over the factors with final records (-inf = diverged).
@@ -57,19 +82,21 @@ def _score(rec: dict, metric: str) -> float:
 
 
 def choose_factors(tuning_specs: Sequence, records: dict[str, dict], *,
-                   metric: str = DEFAULT_METRIC) -> dict[str, Choice]:
-    """``{arm: Choice}`` for every arm with tuning cells.
+                   metric: str = DEFAULT_METRIC, scope: str = "arm") -> dict[str, Choice]:
+    """``{key: Choice}`` for every arm (scope ``"arm"``) or every (arm, format) (scope
+    ``"format"``) with tuning cells; keys from `choice_key`.
 
     Args:
       tuning_specs: the tuning cells (`RunSpec` with ``factor`` set).
       records: ``{run name: record}`` (`altgrad_jax.analysis.records`); a record whose status is
         ``completed`` or ``diverged`` is final.
       metric: the selection metric (a key of the record's ``metrics``).
+      scope: ``"arm"`` or ``"format"`` (module docstring).
     """
     by_arm: dict[str, list] = {}
     for s in tuning_specs:
         if s.factor is not None:
-            by_arm.setdefault(s.arm, []).append(s)
+            by_arm.setdefault(choice_key(s.arm, s.format, scope), []).append(s)
     out = {}
     for arm, specs in by_arm.items():
         final = {s.name: records[s.name] for s in specs
@@ -112,12 +139,12 @@ def next_factor(tried: Iterable[str], best: str) -> str | None:
 
 
 def factors_to_add(tuning_specs: Sequence, records: dict[str, dict], *, max_factors: int,
-                   metric: str = DEFAULT_METRIC) -> dict[str, str]:
-    """``{arm: factor}`` to add to the bracket: arms whose choice is made, at an edge of the
+                   metric: str = DEFAULT_METRIC, scope: str = "arm") -> dict[str, str]:
+    """``{key: factor}`` to add to the bracket: choices that are made, at an edge of the
     factors tried, with fewer than ``max_factors`` factors tried (module docstring)."""
     out = {}
-    for arm, ch in choose_factors(tuning_specs, records, metric=metric).items():
-        tried = {s.factor for s in tuning_specs if s.arm == arm}
+    for arm, ch in choose_factors(tuning_specs, records, metric=metric, scope=scope).items():
+        tried = {s.factor for s in tuning_specs if choice_key(s.arm, s.format, scope) == arm}
         if ch.status == "chosen" and len(tried) < max_factors:
             nxt = next_factor(tried, ch.factor)
             if nxt is not None and nxt not in tried:
@@ -126,5 +153,5 @@ def factors_to_add(tuning_specs: Sequence, records: dict[str, dict], *, max_fact
 
 
 def chosen_factors(choices: Iterable[Choice]) -> dict[str, str]:
-    """``{arm: factor}`` of the arms whose choice is made."""
+    """``{key: factor}`` of the choices that are made."""
     return {c.arm: c.factor for c in choices if c.status == "chosen"}
