@@ -17,7 +17,8 @@ trained and at the end the report is rebuilt from the records alone (``python -m
 whose record says completed is never rerun; a diverged one is a result and is skipped unless
 ``--retry_diverged``; an interrupted one resumes from its checkpoint. The tuning stage's records
 choose each arm's factor, applied to the arm's later cells; a cell whose arm's tuning is still
-pending is skipped ("blocked"). Several sweep processes may share one study (one per core): each
+pending is skipped ("blocked"). A cell another study (``reuse_from``) has already run with the
+very same program is not trained: that record is copied (`altgrad_jax.analysis.reuse`). Several sweep processes may share one study (one per core): each
 claims a cell with a lock file ``<run_dir>/<name>.lock`` before training it.
 
 With ``--config.vmap_seeds=S`` (S > 1) the cells of a non-tuning stage that differ only by seed
@@ -113,6 +114,24 @@ def _rebuild_report(study, log) -> str | None:
         return None
 
 
+def _reuse(spec, study, records, chosen, log, tag) -> bool:
+    """Copies another study's record of exactly this cell's program (``reuse_from``;
+    `altgrad_jax.analysis.reuse`) instead of training it; False when there is none or the cell
+    already has a record or a run folder of its own."""
+    from altgrad_jax.analysis import records as records_lib
+    from altgrad_jax.analysis import reuse as reuse_lib
+
+    if spec.name in records or os.path.isdir(spec.workdir):
+        return False
+    found = study.reusable(spec, chosen)
+    if found is None:
+        return False
+    source, rec = found
+    records_lib.write_record(study.report_dir, reuse_lib.reused_record(rec, spec.stage, source))
+    log(f"{tag} {spec.name}: the same program's record reused from {source}")
+    return True
+
+
 def _one(spec, study, records, chosen, retry_diverged, log, tag) -> str:
     """Trains one cell if it needs it; returns what happened (ran/skipped/diverged/...)."""
     from altgrad_jax.analysis import matrix as matrix_lib
@@ -164,7 +183,8 @@ def _group(specs, size, study, records, chosen, log, tag) -> list[tuple[str, str
     from altgrad_jax.train import seeds as seeds_lib
 
     fresh = [s for s in specs if (records.get(s.name) or {}).get("status") is None
-             and not os.path.exists(os.path.join(s.workdir, "results.json"))]
+             and not os.path.exists(os.path.join(s.workdir, "results.json"))
+             and study.reusable(s, chosen) is None]
     locks = [os.path.join(study.run_dir, f"{s.name}.lock") for s in fresh]
     mine = []
     for s, lk in zip(fresh, locks):
@@ -222,7 +242,7 @@ def run_sweep(study_cfg, *, extra_overrides=(), only=(), dry_run=False, retry_di
 
     Returns:
       ``{"planned": n, "ran": [...], "skipped": [...], "diverged": [...], "blocked": [...],
-      "claimed": [...], "report": path or None}``.
+      "claimed": [...], "reused": [...], "report": path or None}``.
 
     Raises:
       ValueError: bad study input (unknown format / arm / field, bad ``--only`` entry).
@@ -234,7 +254,7 @@ def run_sweep(study_cfg, *, extra_overrides=(), only=(), dry_run=False, retry_di
     study = study_lib.open_study(study_cfg, extra_overrides=extra_overrides)
     selected = matrix_lib.select(study.specs, only)
     out = {"planned": len(study.specs), "ran": [], "skipped": [], "diverged": [], "blocked": [],
-           "claimed": [], "report": None}
+           "claimed": [], "reused": [], "report": None}
     if dry_run:
         for line in study_lib.dry_run_lines(study, selected):
             log(line)
@@ -256,6 +276,10 @@ def run_sweep(study_cfg, *, extra_overrides=(), only=(), dry_run=False, retry_di
             spec, selected = _next_cell(study, only, visited)
             continue
         chosen = tuning_lib.chosen_factors(choices.values())
+        if _reuse(spec, study, records, chosen, log, tag):
+            out["reused"].append(spec.name)
+            spec, selected = _next_cell(study, only, visited)
+            continue
         size = int(study_cfg.get("vmap_seeds", 1))
         if size > 1 and not spec.is_tuning and not retry_diverged:
             whats = _group(_siblings(spec, selected), size, study, records, chosen, log,

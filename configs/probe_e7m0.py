@@ -15,7 +15,9 @@ Command (one process per core, each takes the next unclaimed cell):
   ALTGRAD_DATA_DIR=/path/to/eurlex57k python sweep.py --config=configs/probe_e7m0.py
 Report (its Tuning table is the result):
   python -m altgrad_jax.analysis.report --study=reports/probe_e7m0
-Expected: not yet measured.
+Measured (seed 0, validation macro-F1 at the tuned threshold; reports/probe_e7m0/REPORT.md,
+the command above): ulp_sr x1/9 0.669, x1/3 0.677, x1 0.658, x3 0.591, x9 0.193; adamw_sr x1/9
+0.676, x1/3 0.683, x1 0.677, x3 0.647, x9 0.526.
 """
 
 import ml_collections

@@ -352,6 +352,30 @@ def test_e1m6_twins_stay_in_their_section_and_machines_are_checked(tmp_path):
     assert "run on more than one machine: primary E2M5 seed 2." in text
 
 
+def test_format_tuned_study_answers_with_each_formats_own_factors(tmp_path):
+    """A study without a primary stage but with a format_tuned one: its first paragraph is the
+    two-arm pooled answer (balanced: the estimate is the difference of the cell means), its
+    table names each (arm, format)'s own factor."""
+    recs = [dict(r, stage="format_tuned") for r in _planted({"E5M2": 0.05}, rng_seed=4)
+            if r["arm"] != "adamw_rtn"]
+    cells = [{"name": r["name"], "stage": "format_tuned", "format": r["format"],
+              "arm": r["arm"], "seed": r["seed"]} for r in recs]
+    d = _study_dir(tmp_path, recs, plan_cells=cells)
+    plan = json.load(open(os.path.join(d, "plan.json")))
+    plan["chosen"] = {"ulp_sr@E5M2": "1/3", "adamw_sr@E5M2": "3"}
+    json.dump(plan, open(os.path.join(d, "plan.json"), "w"))
+    text = open(report_lib.write_report(d, plots=False)).read()
+    first = text.split("\n\n")[1]
+    y = {a: np.mean([r["metrics"][METRIC] for r in recs if r["format"] == "E5M2"
+                     and r["arm"] == a]) for a in ("adamw_sr", "ulp_sr")}
+    assert first.startswith("With each arm tuned on each format itself")
+    assert f"**E5M2**, {y['ulp_sr'] - y['adamw_sr']:+.4f} [" in first
+    assert "(42 of 42 format_tuned cells completed.)" in first
+    section = text[text.index("## Each format tuned"):text.index("## The seeds")]
+    assert f"| E5M2 | 3 | 1/3 | {y['ulp_sr'] - y['adamw_sr']:+.4f} [" in section
+    assert "| E0M7 | — | — |" in section
+
+
 def test_report_from_records_alone(tmp_path):
     recs = _planted({"E5M2": 0.05, "E4M3": 0.01}, rng_seed=2)
     recs += [_rec("none", "adamw", s, 0.62) for s in (1, 2, 3)]
@@ -605,7 +629,8 @@ def test_report_counts_the_machines_the_records_name(tmp_path):
     text = open(report_lib.write_report(_study_dir(tmp_path, recs), plots=False)).read()
     line = [ln for ln in text.splitlines() if ln.startswith("Machines named")][0]
     assert "CPU A (2 cores, cpu: cpu; jax 0.1): 2 runs" in line  # completed runs only
-    assert "not recorded (the record predates the field): 1 run." in line
+    assert '"not recorded": the record predates the field' in line
+    assert line.endswith("; not recorded: 1 run.")
 
 
 def test_format_alone_contrasts_use_each_formats_own_variance():

@@ -328,12 +328,58 @@ def _fake_train(calls, diverge=()):
                "perf": {"train_steps_per_s": 4.0}}
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(res, f)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json())
         with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
             f.write(json.dumps({"step": 3, "train/loss": 0.5, "diag/stall_ratio": 0.4}) + "\n")
         if bad:
             raise loop_lib.TrainingDiverged("20 consecutive non-finite losses")
         return res
     return fake
+
+
+def test_sweep_reuses_another_studys_run_of_the_same_program_only(tmp_path, monkeypatch):
+    """A cell another study ran with exactly the same program is copied (stage and source
+    set, every figure kept), not trained; the same name with another tuned value, other
+    overrides or an unfinished source run trains."""
+    from altgrad_jax.train import loop as loop_lib
+
+    calls = []
+    monkeypatch.setattr(loop_lib, "train_and_evaluate", _fake_train(calls))
+    monkeypatch.setattr(sweep, "_rebuild_report", lambda study, log: None)  # not under test
+    src = _study(tmp_path / "src", ["tune | E3M4 | adamw_sr | 0",
+                                    "main | E5M2,E7M0 | adamw_sr | 1"])
+    src.tuning_factors = ("1", "3")  # the fake scores the larger lr higher: x3 chosen
+    sweep.run_sweep(src, log=lambda s: None)
+    src_recs = records_lib.load_records(src.report_dir)
+    src_recs["E7M0__adamw_sr__s1"]["status"] = "diverged"  # an unfinished source run
+    records_lib.write_record(src.report_dir, src_recs["E7M0__adamw_sr__s1"])
+    calls.clear()
+    c = _study(tmp_path / "new", ["tune | E3M4,E6M1 | adamw_sr | 0",
+                                  "main | E5M2,E7M0 | adamw_sr | 1"])
+    c.tuning_factors = ("1", "3")
+    c.reuse_from = (src.report_dir,)
+    lines = study_lib.dry_run_lines(study_lib.open_study(c))
+    assert sum(" reuse " in ln for ln in lines) == 2 and "reuse 2" in lines[-2]
+    out = sweep.run_sweep(c, log=lambda s: None)
+    assert out["reused"] == ["E3M4__adamw_sr__s0__x1", "E3M4__adamw_sr__s0__x3",
+                             "E5M2__adamw_sr__s1"]  # the last once x3 is chosen (as in src)
+    assert calls == ["E6M1__adamw_sr__s0__x1", "E6M1__adamw_sr__s0__x3", "E7M0__adamw_sr__s1"]
+    recs = records_lib.load_records(c.report_dir)
+    r, s0 = recs["E5M2__adamw_sr__s1"], src_recs["E5M2__adamw_sr__s1"]
+    assert r["reused_from"] == src.report_dir and r["stage"] == "main"
+    assert r["metrics"] == s0["metrics"] and r["applied"] == s0["applied"]
+    assert "reused_from" not in recs["E7M0__adamw_sr__s1"]
+    # another override (every cell a different program): nothing is reused
+    c2 = _study(tmp_path / "other", ["tune | E3M4 | adamw_sr | 0"],
+                overrides=("train.num_steps=4",))
+    c2.tuning_factors = ("1", "3")
+    c2.reuse_from = (src.report_dir,)
+    calls.clear()
+    assert sweep.run_sweep(c2, log=lambda s: None)["reused"] == [] and len(calls) == 2
+    c2.reuse_from = (str(tmp_path),)
+    with pytest.raises(ValueError, match="has no plan.json"):
+        study_lib.open_study(c2)
 
 
 def test_sweep_records_skips_blocks_and_retries(tmp_path, monkeypatch):

@@ -3,7 +3,9 @@
 Modules (nothing in ``altgrad_jax.train`` imports this package):
   matrix       the arms registry (`ARMS`), stages -> cells (`expand`, `RunSpec`), `run_config`.
   overrides    config-file loading and typed ``group.field=value`` overrides.
-  tuning       the tuning rule: one factor per arm from the tuning records (`choose_factors`).
+  tuning       the tuning rule: one factor per arm (or per arm and format, ``tuning_scope``)
+               from the tuning records (`choose_factors`).
+  reuse        another study's record of the very same program, copied instead of rerun.
   records      compact run records (`make_record`, `write_record`, `load_records`).
   stats        the pooled OLS model, per-format contrasts with Holm, best vs runner-up, the
                bootstrap winner probability, the exponent-bit trend, gap closed; the model's
@@ -25,7 +27,8 @@ _EXPORTS = {
     "ARMS": "matrix", "Arm": "matrix", "RunSpec": "matrix", "Stage": "matrix",
     "expand": "matrix", "run_config": "matrix", "select": "matrix", "run_name": "matrix",
     "parse_stage": "matrix", "load_config_file": "overrides", "parse_overrides": "overrides",
-    "choose_factors": "tuning", "Choice": "tuning",
+    "choose_factors": "tuning", "Choice": "tuning", "choice_key": "tuning",
+    "Sources": "reuse",
     "make_record": "records", "write_record": "records", "load_records": "records",
     "read_jsonl": "records",
     "fit_pooled": "stats", "format_contrasts": "stats", "best_vs_runner_up": "stats",
@@ -34,7 +37,7 @@ _EXPORTS = {
     "minimum_detectable_effect": "stats", "format_alone_contrasts": "stats",
     "welch_combination": "stats", "trend_weights": "stats",
     "open_study": "study", "dry_run_lines": "study",
-    "write_report": "report", "analyse_primary": "report",
+    "write_report": "report", "analyse_primary": "report", "analyse_format_tuned": "report",
     "write_test_matrix": "matrix_doc",
 }
 __all__ = sorted(_EXPORTS)

@@ -54,6 +54,9 @@ class CostPlan:
     remaining_h: float
 
 
+FREE = ("done", "reuse")  # states that cost no training: recorded, or copied from another study
+
+
 def plan_cost(specs: Sequence, num_steps: Mapping[str, int], states: Mapping[str, str], *,
               sec_per_step: float | None, default_sec_per_step: float = DEFAULT_SEC_PER_STEP,
               overhead_s: float = DEFAULT_OVERHEAD_S) -> CostPlan:
@@ -63,4 +66,4 @@ def plan_cost(specs: Sequence, num_steps: Mapping[str, int], states: Mapping[str
     done = [s for s in specs if states[s.name] == "done"]
     return CostPlan(len(specs), len(done), len(specs) - len(done), sps, sec_per_step is not None,
                     sum(secs.values()) / 3600.0,
-                    sum(v for n, v in secs.items() if states[n] != "done") / 3600.0)
+                    sum(v for n, v in secs.items() if states[n] not in FREE) / 3600.0)

@@ -33,6 +33,7 @@ from altgrad_jax.analysis.records import (MECHANISM_KEYS, MECHANISM_TITLES, load
 PRIMARY = ("test_tuned/macro_f1", "test macro-F1 (tuned threshold)")
 SECONDARY = (("test_tuned/micro_f1", "test micro-F1 (tuned threshold)"),
              ("test/pr_auc_micro", "test micro PR-AUC"))
+FORMAT_TUNED_STAGE = "format_tuned"  # test cells at each (arm, format)'s own tuned factor
 FORMAT_ORDER = ("E0M7", "E1M6", "E2M5", "E3M4", "E4M3", "E5M2", "E6M1", "E7M0", "BF16", "none")
 SYNTHETIC_BANNER = ("> **SYNTHETIC DATA.** Some runs trained on the project's synthetic corpus, "
                     "not on EURLEX57K: their numbers say nothing about the question.")
@@ -150,6 +151,52 @@ def analyse_primary(records: Sequence[dict], metric: str = PRIMARY[0], *, n_boot
             "trend": stats.exponent_trend(fit, TREATMENT, control),
             "gap": stats.gap_closed(stats.cell_means(df), fp32 if math.isfinite(fp32) else None),
             "fp32": fp32}
+
+
+def analyse_format_tuned(records: Sequence[dict], metric: str = PRIMARY[0]) -> dict | None:
+    """ulp_sr − adamw_sr per format with each arm tuned on each format itself (the records of
+    stage `FORMAT_TUNED_STAGE`; a study with ``tuning_scope="format"``): the same pooled model
+    on the two arms, Holm across formats. None until it can be fitted."""
+    arms = (CONTROLS[0], TREATMENT)
+    df = stats.primary_frame(records, metric, arms, stage=FORMAT_TUNED_STAGE)
+    fit = stats.fit_pooled(df, arms, formats=_order(df["format"]))
+    if fit is None:
+        return None
+    best, second, bvr = stats.best_vs_runner_up(fit, TREATMENT, CONTROLS[0])
+    return {"fit": fit, "contrasts": stats.format_contrasts(fit, TREATMENT, CONTROLS[0]),
+            "best": best, "runner_up": second, "best_vs_runner_up": bvr,
+            "trend": stats.exponent_trend(fit, TREATMENT, CONTROLS[0]),
+            "checks": stats.model_checks(fit)}
+
+
+def format_tuned_paragraph(t: dict) -> str:
+    """The answer of a format-tuned study: the benefit per format at each arm's own factor."""
+    by_f = stats.by_format(t["contrasts"])
+    best, bvr = t["best"], t["best_vs_runner_up"]
+    sig = [f"{f} ({'+' if c.estimate > 0 else '−'})" for f, c in by_f.items() if c.p_holm < 0.05]
+    verdict = ("distinguishable from" if bvr.excludes_zero and bvr.estimate > 0
+               else "not distinguishable from")
+    return (f"With each arm tuned on each format itself (its own factor, seed 0 validation), the "
+            f"largest benefit of ULP-aware updates beyond unbiased rounding (ulp_sr − adamw_sr, "
+            f"{PRIMARY[1]}) is on **{best}**, {_ci(by_f[best])} (95% CI; Holm p = "
+            f"{by_f[best].p_holm:.3g}), **{verdict}** the runner-up ({t['runner_up']}: best − "
+            f"runner-up {_ci(bvr)}). Holm-significant: {', '.join(sig) or 'none'}. Trend per "
+            f"exponent bit: {_ci(t['trend'])}. (Pooled OLS on the two arms, "
+            f"{t['fit'].res.df_resid:.0f} residual df.)")
+
+
+def _format_tuned(t: dict | None, chosen: dict) -> list[str]:
+    """The format-tuned contrast table: per format each arm's own factor and the benefit."""
+    if t is None:
+        return ["Not enough completed cells for the pooled model yet."]
+    rows = [[f, chosen.get(f"{CONTROLS[0]}@{f}", "—"), chosen.get(f"{TREATMENT}@{f}", "—"),
+             _ci(c), f"{c.p_holm:.3g}"] for f, c in stats.by_format(t["contrasts"]).items()]
+    mc = t["checks"]
+    return _table(["format", f"{CONTROLS[0]} factor", f"{TREATMENT} factor",
+                   f"{TREATMENT} − {CONTROLS[0]} [95% CI]", "Holm p"], rows) + [
+        "", f"Best − runner-up ({t['best']} − {t['runner_up']}): {_ci(t['best_vs_runner_up'])}. "
+            f"Residual spread equal across formats: Brown–Forsythe p = {_p(mc.spread_p)}; "
+            f"residuals normal: Shapiro–Wilk p = {_p(mc.normal_p)}."]
 
 
 def answer_paragraph(a: dict | None, n_done: int, n_planned: int) -> str:
@@ -454,9 +501,11 @@ def _code_caveats(recs) -> tuple[str, ...]:
 FULL_SCALE_FLOP_RATIO = 1313.6 / 12.19  # the seeds' full scale vs the CPU scale, per step
 
 
-def _cost(all_recs) -> list[str]:
-    """What the study has cost so far, measured from the records' perf (one run per core)."""
+def _cost(all_recs, study: str = "study_cpu") -> list[str]:
+    """What the study has cost so far, measured from the records' perf (one run per core); the
+    dry-run command names ``configs/<study>.py``."""
     done = [r for r in all_recs.values() if r.get("status") == "completed"]
+    reused = sum(1 for r in done if r.get("reused_from"))
     walls = [v for r in done if (v := value(r, "perf/wall_time_s")) is not None]
     sps = cost_lib.measured_sec_per_step(all_recs)
     if not walls or sps is None:
@@ -475,7 +524,10 @@ def _cost(all_recs) -> list[str]:
             f"{FULL_SCALE_FLOP_RATIO:.0f}x the FLOPs per step: at this rate about "
             f"{sps * FULL_SCALE_FLOP_RATIO * 1000 / 3600:.0f} core-hours per 1,000-step run, "
             "out of reach on this CPU (the cost plan of the remaining cells: "
-            "`python sweep.py --config=configs/study_cpu.py --dry_run`)."]
+            f"`python sweep.py --config=configs/{study}.py --dry_run`)."
+            + (f" {reused} of these runs were trained by another study and their records "
+               "reused here (`reused_from`: the same program, checked field by field)."
+               if reused else "")]
 
 
 def machine_name(r: dict) -> str:
@@ -607,6 +659,7 @@ class _Study:
     fit_recs: list
     seeds: list | None
     a: dict | None
+    t: dict | None = None  # the format-tuned analysis (`analyse_format_tuned`)
 
 
 def _primary_cells(recs, plan) -> set[tuple[str, str]]:
@@ -616,7 +669,7 @@ def _primary_cells(recs, plan) -> set[tuple[str, str]]:
     records of the fit."""
     cells = [c for c in (plan or {}).get("cells", []) if c.get("stage") == stats.PRIMARY_STAGE]
     cells += [r for r in recs if r.get("stage") == stats.PRIMARY_STAGE]
-    return {(c["format"], c["arm"]) for c in cells}
+    return {(c["format"], c["arm"]) for c in cells if "format" in c and "arm" in c}
 
 
 def _open(report_dir: str, n_boot: int) -> _Study:
@@ -632,7 +685,7 @@ def _open(report_dir: str, n_boot: int) -> _Study:
     fit_recs = [r for r in test_recs if seeds is None or r.get("stage") != stats.PRIMARY_STAGE
                 or int(r["seed"]) in seeds]
     return _Study(plan, all_recs, recs, test_recs, fit_recs, seeds,
-                  analyse_primary(fit_recs, n_boot=n_boot))
+                  analyse_primary(fit_recs, n_boot=n_boot), analyse_format_tuned(test_recs))
 
 
 def _first_paragraph(st: _Study, n_done: int, n_planned: int) -> str:
@@ -640,6 +693,14 @@ def _first_paragraph(st: _Study, n_done: int, n_planned: int) -> str:
     stage (an exploratory study), a line saying so."""
     stages = {c.get("stage") for c in (st.plan or {}).get("cells", [])}
     if st.plan is not None and stats.PRIMARY_STAGE not in stages and st.a is None:
+        if FORMAT_TUNED_STAGE in stages:
+            n = sum(c.get("stage") == FORMAT_TUNED_STAGE for c in st.plan["cells"])
+            k = sum(st.all_recs.get(c["name"], {}).get("status") == "completed"
+                    for c in st.plan["cells"] if c.get("stage") == FORMAT_TUNED_STAGE)
+            return ((format_tuned_paragraph(st.t) if st.t else
+                     "**Not answerable yet**: the format-tuned pooled model needs both arms on "
+                     "at least two formats, with residual degrees of freedom left.")
+                    + f" ({k} of {n} {FORMAT_TUNED_STAGE} cells completed.)")
         return ("**No primary stage in this study's plan** (an exploratory study, outside the "
                 "pre-registered analysis): its results are the tables below (stages: "
                 + ", ".join(sorted(str(x) for x in stages)) + ").")
@@ -676,12 +737,20 @@ def _answer_sections(st: _Study, title: str) -> list[str]:
 
 def _other_sections(st: _Study) -> list[str]:
     """The seeds' 12 conditions, E1M6, the references, tuning, amendments, cost and caveats."""
-    lines = ["## The seeds' 12 conditions (regime a)", ""] + _seeds12(st.test_recs) + [""]
+    lines = []
+    if st.t is not None or any(c.get("stage") == FORMAT_TUNED_STAGE
+                               for c in (st.plan or {}).get("cells", [])):
+        lines += ["## Each format tuned on its own (stage format_tuned)", "",
+                  "Each arm's factor chosen per format from that format's own tuning cells "
+                  "(`tuning_scope='format'`); the same pooled model on the two arms.", ""]
+        lines += _format_tuned(st.t, (st.plan or {}).get("chosen", {})) + [""]
+    lines += ["## The seeds' 12 conditions (regime a)", ""] + _seeds12(st.test_recs) + [""]
     lines += ["## E1M6 next to E0M7", ""] + _e1m6(st.recs) + [""]
     lines += ["## References (FP32, BF16)", ""] + _references(st.test_recs) + [""]
     lines += ["## Tuning (seed 0)", ""] + _tuning(st.recs, st.plan) + [""]
     lines += _amendments(st.plan)
-    lines += ["## Cost", ""] + _cost(st.all_recs) + [""] + _machines(st.recs) + [""]
+    lines += ["## Cost", ""] + _cost(st.all_recs, (st.plan or {}).get("study") or "study_cpu")
+    lines += [""] + _machines(st.recs) + [""]
     return lines + ["## Caveats", ""] + [f"- {c}" for c in CAVEATS + _code_caveats(st.recs)] + [""]
 
 

@@ -8,6 +8,7 @@ file and the dry-run table (pure apart from reading records and writing ``plan.j
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -17,6 +18,7 @@ import ml_collections
 
 from altgrad_jax.analysis import cost as cost_lib
 from altgrad_jax.analysis import matrix as matrix_lib
+from altgrad_jax.analysis import reuse as reuse_lib
 from altgrad_jax.analysis import tuning as tuning_lib
 from altgrad_jax.analysis.overrides import load_config_file
 from altgrad_jax.analysis.records import load_records
@@ -86,6 +88,24 @@ class Study:
         """The `tuning.Choice` that gates ``spec`` (None: its arm is not tuned)."""
         return tuning_lib.choice_for(choices, spec.arm, spec.format)
 
+    @functools.cached_property
+    def sources(self) -> reuse_lib.Sources:
+        """The other studies' records this study may reuse (``reuse_from``; `reuse`)."""
+        return reuse_lib.Sources(tuple(self.cfg.get("reuse_from", ()) or ()),
+                                 base_config=str(self.cfg.base_config),
+                                 seed_fields=tuple(self.cfg.get(
+                                     "seed_fields", matrix_lib.DEFAULT_SEED_FIELDS)))
+
+    def reusable(self, spec, chosen: dict) -> tuple[str, dict] | None:
+        """(source folder, record) of another study's run of exactly ``spec``'s program at the
+        factor ``chosen`` gives it, else None (`altgrad_jax.analysis.reuse`)."""
+        if not self.sources.usable:
+            return None
+        field, value, factor = matrix_lib.tuned_value(spec, chosen)
+        impl = dict(spec.overrides).get("model.dropout_impl", self.base.model.dropout_impl)
+        return self.sources.find(reuse_lib.expected(
+            spec, {"field": field, "value": value, "factor": factor}, str(impl)))
+
     def num_steps(self, spec) -> int:
         steps = dict(spec.overrides).get("train.num_steps", self.base.train.num_steps)
         return int(steps)
@@ -104,6 +124,7 @@ def open_study(study_cfg: ml_collections.ConfigDict, *, extra_overrides: Any = (
     study = Study(study_cfg, base, planned, list(planned), str(study_cfg.report_dir),
                   str(study_cfg.run_dir))
     study.refresh()
+    _ = study.sources  # a bad reuse_from folder is an error now, not when a cell is reached
     return study
 
 
@@ -150,6 +171,9 @@ def dry_run_lines(study: Study, specs: list | None = None) -> list[str]:
     chosen = tuning_lib.chosen_factors(choices.values())
     specs = study.specs if specs is None else specs
     states = {s.name: cost_lib.cell_state(s, records, choices) for s in specs}
+    for s in specs:  # another study's record of the same program: copied, not trained
+        if states[s.name] == "todo" and study.reusable(s, chosen) is not None:
+            states[s.name] = "reuse"
     cfg = study.cfg
     sps = cost_lib.measured_sec_per_step(records)
     sps_used = float(cfg.get("sec_per_step", cost_lib.DEFAULT_SEC_PER_STEP)) if sps is None else sps
