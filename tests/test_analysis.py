@@ -376,6 +376,27 @@ def test_format_tuned_study_answers_with_each_formats_own_factors(tmp_path):
     assert "| E0M7 | — | — |" in section
 
 
+def test_per_tensor_section_pairs_the_new_arms_with_the_primary_cells(tmp_path):
+    """tensor_sr and grid (stage per_tensor) beside the primary arms of the same format, their
+    paired differences by seed: tensor_sr − ulp_sr and grid − adamw_sr."""
+    recs = _planted({}, rng_seed=5)
+    y = {(r["arm"], r["seed"]): r["metrics"][METRIC] for r in recs if r["format"] == "E7M0"}
+    for s_ in (1, 2, 3):
+        recs.append(dict(_rec("E7M0", "tensor_sr", s_, y[("ulp_sr", s_)] + 0.01),
+                         stage="per_tensor"))
+        recs.append(dict(_rec("E7M0", "grid", s_, y[("adamw_sr", s_)] - 0.02 * s_),
+                         stage="per_tensor"))
+    text = open(report_lib.write_report(_study_dir(tmp_path, recs), plots=False)).read()
+    sec = text[text.index("## Per-tensor"):text.index("## References")]
+    row = [ln for ln in sec.splitlines() if ln.startswith("| E7M0 |")][0].split(" | ")
+    d = [-0.02 * s_ for s_ in (1, 2, 3)]
+    half = scipy.stats.t.ppf(0.975, 2) * np.std(d, ddof=1) / np.sqrt(3)
+    assert row[5] == "+0.0100 [+0.0100, +0.0100]"
+    assert row[6].rstrip(" |") == f"{np.mean(d):+.4f} [{np.mean(d) - half:+.4f}, " \
+        f"{np.mean(d) + half:+.4f}]"
+    assert len([ln for ln in sec.splitlines() if ln.startswith("| E")]) == 1  # E7M0 only
+
+
 def test_report_from_records_alone(tmp_path):
     recs = _planted({"E5M2": 0.05, "E4M3": 0.01}, rng_seed=2)
     recs += [_rec("none", "adamw", s, 0.62) for s in (1, 2, 3)]

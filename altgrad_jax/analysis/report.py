@@ -416,6 +416,28 @@ def _seeds12(recs) -> list[str]:
                            "difference (paired) [95% CI]"], rows)
 
 
+PER_TENSOR_ARMS = ("tensor_sr", "grid")  # the per_tensor stage's arms
+
+
+def _per_tensor(recs) -> list[str]:
+    """tensor_sr (the ULP step at the tensor's median spacing) and grid (the grid optimizer)
+    beside the primary arms on the same formats and seeds, with paired differences: per-tensor
+    vs per-element ULP scaling (tensor_sr − ulp_sr) and the grid optimizer vs unbiased rounding
+    (grid − adamw_sr)."""
+    fm = _order(r["format"] for r in recs if r["arm"] in PER_TENSOR_ARMS)
+    rows = []
+    for f in fm:
+        rows.append([f, *(_mean_cell(recs, f, a, PRIMARY[0])
+                          for a in ("adamw_sr", "ulp_sr") + PER_TENSOR_ARMS),
+                     _paired_ci(stats.paired_differences(recs, f, "tensor_sr", TREATMENT,
+                                                         PRIMARY[0])),
+                     _paired_ci(stats.paired_differences(recs, f, "grid", CONTROLS[0],
+                                                         PRIMARY[0]))])
+    return _table_or_none(["format", "adamw_sr", "ulp_sr", "tensor_sr", "grid",
+                           "tensor_sr − ulp_sr (paired) [95% CI]",
+                           "grid − adamw_sr (paired) [95% CI]"], rows)
+
+
 def _e1m6_twin(r: dict, recs) -> dict | None:
     """The E0M7 cell of E1M6 record ``r`` (same arm, seed and factor), from ``r``'s own stage if
     it has one there (run beside it, on the same machine), else from any stage."""
@@ -746,6 +768,12 @@ def _other_sections(st: _Study) -> list[str]:
         lines += _format_tuned(st.t, (st.plan or {}).get("chosen", {})) + [""]
     lines += ["## The seeds' 12 conditions (regime a)", ""] + _seeds12(st.test_recs) + [""]
     lines += ["## E1M6 next to E0M7", ""] + _e1m6(st.recs) + [""]
+    lines += ["## Per-tensor scaling and the grid optimizer (stage per_tensor)", "",
+              f"Metric: {PRIMARY[1]}; the adamw_sr and ulp_sr columns are the primary stage's "
+              "cells of the same formats and seeds (paired by seed; t on n − 1 df, no "
+              "multiplicity correction). On E0M7 the grid is uniform, so tensor_sr's median "
+              "spacing is every weight's spacing: the same steps as ulp_sr's.", ""]
+    lines += _per_tensor(st.test_recs) + [""]
     lines += ["## References (FP32, BF16)", ""] + _references(st.test_recs) + [""]
     lines += ["## Tuning (seed 0)", ""] + _tuning(st.recs, st.plan) + [""]
     lines += _amendments(st.plan)
