@@ -56,7 +56,9 @@ CAVEATS = (
     "per-format optimum may differ, most plausibly on the formats furthest from the tuning pair "
     "(E0M7, E7M0): a per-format contrast compares the arms at their shared tuned factors, not at "
     "each format's own best. An exploratory probe of E7M0's step sizes, outside this analysis, "
-    "is in `reports/probe_e7m0/` (`configs/probe_e7m0.py`).",
+    "is in `reports/probe_e7m0/` (`configs/probe_e7m0.py`); the sensitivity study with every "
+    "format tuned on its own is `configs/study_cpu_format_tuned.py` "
+    "(`reports/study_cpu_format_tuned/`).",
     "Machines: the study runs in stretches on more than one kind of 2-core CPU box (the Cost "
     "section names them; the seventh stretch's box trained ~2.7x faster per step than the first "
     "one's). The Cost section's step time mixes them, and XLA's arithmetic may differ in the "
