@@ -703,9 +703,17 @@ def test_answer_adds_the_own_variance_reading_only_when_the_spread_differs():
     for r in recs:
         if r["format"] == "E7M0":
             r["metrics"][METRIC] += rng.normal(0, 0.04)
-    text = report_lib.answer_paragraph(report_lib.analyse_primary(recs, n_boot=50), 63, 63)
+    a = report_lib.analyse_primary(recs, n_boot=50)
+    text = report_lib.answer_paragraph(a, 63, 63)
     assert "The residual spread differs between formats (Brown–Forsythe p = " in text
     assert "t on 4 df, Holm" in text and "Welch–Satterthwaite" in text
+    # best − runner-up from the two formats' own models: Welch's df from their 4 df each
+    own = stats.by_format(a["alone"])
+    b, r = own[a["best"]], own[a["runner_up"]]
+    bvr = a["alone_bvr"]
+    assert bvr.estimate == pytest.approx(b.estimate - r.estimate)
+    assert bvr.df == pytest.approx((b.se ** 2 + r.se ** 2) ** 2 / (b.se ** 4 / 4 + r.se ** 4 / 4))
+    assert f"best − runner-up {report_lib._ci(bvr)} (Welch–Satterthwaite, {bvr.df:.1f} df)" in text
 
 
 def test_sections_without_cells_say_so_instead_of_an_empty_table(tmp_path):

@@ -144,6 +144,7 @@ def analyse_primary(records: Sequence[dict], metric: str = PRIMARY[0], *, n_boot
             "alone": alone,
             "alone_trend": None if w is None or len(alone) < 2 else stats.welch_combination(
                 alone, w, f"slope of ({TREATMENT} - {control}) on exponent bits, own variances"),
+            "alone_bvr": _alone_best_vs_runner_up(alone, best, second),
             "mde": stats.minimum_detectable_effect(se, float(fit.res.df_resid)),
             "mde_holm": stats.minimum_detectable_effect(se, float(fit.res.df_resid),
                                                         alpha=0.05 / len(fit.formats)),
@@ -201,6 +202,16 @@ def _format_tuned(t: dict | None, chosen: dict) -> list[str]:
             f"residuals normal: Shapiro–Wilk p = {_p(mc.normal_p)}."]
 
 
+def _alone_best_vs_runner_up(alone, best: str, second: str):
+    """Best − runner-up from the formats' own models (independent fits of disjoint cells, so
+    the Welch–Satterthwaite combination applies); None when either has no own contrast."""
+    own = stats.by_format(alone)
+    if best not in own or second not in own:
+        return None
+    return stats.welch_combination([own[best], own[second]], [1.0, -1.0],
+                                   f"{best} - {second}, own variances")
+
+
 def answer_paragraph(a: dict | None, n_done: int, n_planned: int) -> str:
     """The report's first paragraph: the answer with numbers and intervals, or why there is none."""
     missing = f" ({n_done} of {n_planned} primary cells completed.)" if n_planned else ""
@@ -238,7 +249,7 @@ def answer_paragraph(a: dict | None, n_done: int, n_planned: int) -> str:
 def _robust_sentence(a: dict) -> str:
     """When the residual spread differs between formats (Brown-Forsythe p < 0.05): the same
     claims with each format's own variance (`stats.format_alone_contrasts`)."""
-    mc, alone, trend = a["checks"], a["alone"], a["alone_trend"]
+    mc, alone, trend, bvr = a["checks"], a["alone"], a["alone_trend"], a.get("alone_bvr")
     if not mc.spread_p < 0.05 or not alone:
         return ""
 
@@ -253,6 +264,8 @@ def _robust_sentence(a: dict) -> str:
             f"{_p(mc.spread_p)}), so the same contrasts with each format's own variance (its "
             f"own model, t on {alone[0].df:.0f} df, Holm): {a['best']} "
             + (_ci(best) if best else "—")
+            + (f", best − runner-up {_ci(bvr)} (Welch–Satterthwaite, {bvr.df:.1f} df)"
+               if bvr is not None and math.isfinite(bvr.df) else "")
             + f"; Holm-significant: {', '.join(own) or 'none'}"
             + (f" (in the pooled model only: {', '.join(lost)})" if lost else "")
             + (f"; trend {_ci(trend)} (Welch–Satterthwaite, {trend.df:.1f} df)." if trend
