@@ -362,7 +362,7 @@ def test_format_tuned_study_answers_with_each_formats_own_factors(tmp_path):
               "arm": r["arm"], "seed": r["seed"]} for r in recs]
     d = _study_dir(tmp_path, recs, plan_cells=cells)
     plan = json.load(open(os.path.join(d, "plan.json")))
-    plan["chosen"] = {"ulp_sr@E5M2": "1/3", "adamw_sr@E5M2": "3"}
+    plan["chosen"] = {"ulp_sr@E5M2": "1/3", "adamw_sr@E5M2": "3", "manifold_gradient": "3"}
     json.dump(plan, open(os.path.join(d, "plan.json"), "w"))
     text = open(report_lib.write_report(d, plots=False)).read()
     first = text.split("\n\n")[1]
@@ -374,6 +374,8 @@ def test_format_tuned_study_answers_with_each_formats_own_factors(tmp_path):
     section = text[text.index("## Each format tuned"):text.index("## The seeds")]
     assert f"| E5M2 | 3 | 1/3 | {y['ulp_sr'] - y['adamw_sr']:+.4f} [" in section
     assert "| E0M7 | — | — |" in section
+    seeds12 = text[text.index("## The seeds"):text.index("## E1M6")]
+    assert "Each arm at its own tuned factor (the Tuning section): manifold_gradient x3;" in seeds12
 
 
 def test_per_tensor_section_pairs_the_new_arms_with_the_primary_cells(tmp_path):

@@ -781,7 +781,16 @@ def _other_sections(st: _Study) -> list[str]:
                   "Each arm's factor chosen per format from that format's own tuning cells "
                   "(`tuning_scope='format'`); the same pooled model on the two arms.", ""]
         lines += _format_tuned(st.t, (st.plan or {}).get("chosen", {})) + [""]
-    lines += ["## The seeds' 12 conditions (regime a)", ""] + _seeds12(st.test_recs) + [""]
+    chosen = (st.plan or {}).get("chosen", {})
+    lines += ["## The seeds' 12 conditions (regime a)", ""]
+    if any(a in chosen for a in ("adamw", "manifold_gradient")):
+        lines += ["Each arm at its own tuned factor (the Tuning section): "
+                  + ", ".join(f"{a} x{chosen[a]}" for a in ("adamw", "manifold_gradient")
+                              if a in chosen)
+                  + "; gradient-mode ManifoldAdamW is AdamW with epsilon eps/S (Caveats), so a "
+                    "difference here is the tuned learning rate's and epsilon's, not the "
+                    "geometry's.", ""]
+    lines += _seeds12(st.test_recs) + [""]
     lines += ["## E1M6 next to E0M7", ""] + _e1m6(st.recs) + [""]
     lines += ["## Per-tensor scaling and the grid optimizer (stage per_tensor)", "",
               f"Metric: {PRIMARY[1]}; the adamw_sr and ulp_sr columns are the primary stage's "
