@@ -741,3 +741,32 @@ def test_a_study_without_a_primary_stage_says_so_and_lists_its_tuning(tmp_path):
     rows = [ln for ln in tune.splitlines() if ln.startswith("| ulp_sr |")]
     assert [ln.split(" | ")[2] for ln in rows] == ["1/3", "1", "3"]  # by factor's value
     assert rows[1].endswith("| 0.6600 | 77 | 105.1 |")
+
+
+def test_bootstrap_residuals_stay_in_their_stratum():
+    """Within strata each observation's draws are its own stratum's residuals (set membership,
+    checked against the input); without strata draws range over all residuals."""
+    resid = np.array([1.0, 2.0, 3.0, 10.0, 20.0, 30.0, 40.0])
+    strata = np.array(["a", "a", "a", "b", "b", "b", "b"])
+    draws = stats.bootstrap_residuals(resid, 400, np.random.default_rng(0), strata)
+    assert draws.shape == (400, 7)
+    assert set(np.unique(draws[:, :3])) == {1.0, 2.0, 3.0}
+    assert set(np.unique(draws[:, 3:])) == {10.0, 20.0, 30.0, 40.0}
+    pooled = stats.bootstrap_residuals(resid, 400, np.random.default_rng(0))
+    assert set(np.unique(pooled[:, 0])) == set(resid)
+
+
+def test_within_format_winner_probability_keeps_a_noisy_formats_spread_its_own():
+    """E7M0 10x noisier than the rest, E5M2 with a clear planted benefit: resampling within
+    formats leaves E5M2's bootstrap benefit nearly exact (its own small residuals), so its
+    P(winner) is at least the pooled-residual one; both sum to 1."""
+    recs = _planted({"E5M2": 0.02}, rng_seed=9, noise=0.002)
+    rng = np.random.default_rng(21)
+    for r in recs:
+        if r["format"] == "E7M0":
+            r["metrics"][METRIC] += rng.normal(0, 0.03)
+    fit = stats.fit_pooled(stats.primary_frame(recs, METRIC, ARMS), ARMS, formats=FORMATS)
+    pooled = stats.winner_probability(fit, "ulp_sr", "adamw_sr", n_boot=400)
+    within = stats.winner_probability(fit, "ulp_sr", "adamw_sr", n_boot=400, within_format=True)
+    assert sum(pooled.values()) == pytest.approx(1.0) and sum(within.values()) == pytest.approx(1)
+    assert within["E5M2"] >= pooled["E5M2"] and within["E5M2"] > 0.9

@@ -126,7 +126,8 @@ def analyse_primary(records: Sequence[dict], metric: str = PRIMARY[0], *, n_boot
     ``alone_trend`` (the per-format contrasts against ``CONTROLS[0]`` with each format's own
     variance, `stats.format_alone_contrasts`, and their exponent-bit slope), ``best``,
     ``runner_up``,
-    ``best_vs_runner_up``, ``p_winner``, ``trend``, ``gap`` ({(format, arm): G})."""
+    ``best_vs_runner_up``, ``p_winner`` (and ``p_winner_within``, residuals resampled within
+    each format), ``trend``, ``gap`` ({(format, arm): G})."""
     df = stats.primary_frame(records, metric, PRIMARY_ARMS)
     fit = stats.fit_pooled(df, PRIMARY_ARMS, formats=_order(df["format"]))
     if fit is None:
@@ -151,6 +152,8 @@ def analyse_primary(records: Sequence[dict], metric: str = PRIMARY[0], *, n_boot
             "best": best, "runner_up": second, "best_vs_runner_up": bvr,
             "p_winner": stats.winner_probability(fit, TREATMENT, control, n_boot=n_boot,
                                                  seed=seed),
+            "p_winner_within": stats.winner_probability(fit, TREATMENT, control, n_boot=n_boot,
+                                                        seed=seed, within_format=True),
             "trend": stats.exponent_trend(fit, TREATMENT, control),
             "gap": stats.gap_closed(stats.cell_means(df), fp32 if math.isfinite(fp32) else None),
             "fp32": fp32}
@@ -318,7 +321,13 @@ def _checks(a: dict, recs) -> list[str]:
                "n − 1 df), at the price of width."
                + (f" Trend per exponent bit with the formats' own variances: {_ci(trend)} "
                   f"(Welch–Satterthwaite, {trend.df:.1f} df; pooled: {_ci(a['trend'])})."
-                  if trend else ""),
+                  if trend else "")
+               + " P(winner) with each residual resampled within its own format (the formats' "
+                 "unequal spread kept; `winner_probability(within_format=True)`): "
+               + ", ".join(f"{f} {a['p_winner_within'][f]:.2f} (pooled residuals "
+                           f"{a['p_winner'][f]:.2f})"
+                           for f in sorted(fit.formats, key=lambda f: -a["p_winner"][f])[:3])
+               + ".",
                "", f"Power: each per-format contrast has SE {se:.4f} on {df_resid:.0f} residual "
                f"df, so a true benefit of {mde:.4f} is detected with 80% power at α = 0.05 "
                f"two-sided ({mde_holm:.4f} at α = 0.05/{len(fit.formats)}, Holm's strictest "

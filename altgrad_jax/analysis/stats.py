@@ -226,18 +226,37 @@ def best_vs_runner_up(fit: PooledFit, treatment: str, control: str) -> tuple[str
                                          f"{control}")
 
 
+def bootstrap_residuals(resid: np.ndarray, n_boot: int, rng: np.random.Generator,
+                        strata: Sequence | None = None) -> np.ndarray:
+    """``(n_boot, n)`` resampled residuals: each row draws, with replacement, observation i's
+    residual from all residuals (``strata`` None) or from those of i's own stratum only."""
+    resid = np.asarray(resid, dtype=float)
+    if strata is None:
+        return rng.choice(resid, size=(n_boot, len(resid)), replace=True)
+    strata = np.asarray(strata)
+    out = np.empty((n_boot, len(resid)))
+    for g in dict.fromkeys(strata.tolist()):
+        idx = np.flatnonzero(strata == g)
+        out[:, idx] = rng.choice(resid[idx], size=(n_boot, len(idx)), replace=True)
+    return out
+
+
 def winner_probability(fit: PooledFit, treatment: str, control: str, *, n_boot: int = 2000,
-                       seed: int = 0) -> dict[str, float]:
+                       seed: int = 0, within_format: bool = False) -> dict[str, float]:
     """``{format: P(format has the largest benefit)}`` under a seeded residual bootstrap.
 
     Residuals (rescaled by ``sqrt(n / df_resid)``) are resampled with replacement, added to the
     fitted values and the model refitted by least squares; the winner is counted per resample.
+    With ``within_format`` each observation's residual is drawn from its own format's residuals
+    only (`bootstrap_residuals`), so a format's own spread stays its own (the check for when the
+    residual spread differs between formats).
     """
     X = np.asarray(fit.res.model.exog)
     fitted = np.asarray(fit.res.fittedvalues)
     resid = np.asarray(fit.res.resid) * math.sqrt(len(fitted) / max(fit.res.df_resid, 1.0))
     rng = np.random.default_rng(seed)
-    ystar = fitted[None, :] + rng.choice(resid, size=(n_boot, len(fitted)), replace=True)
+    strata = fit.frame["format"].to_numpy() if within_format else None
+    ystar = fitted[None, :] + bootstrap_residuals(resid, n_boot, rng, strata)
     betas = ystar @ np.linalg.pinv(X).T
     Lmat = np.stack([fit.benefit_vector(f, treatment, control) for f in fit.formats])
     wins = np.argmax(betas @ Lmat.T, axis=1)
