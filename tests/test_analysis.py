@@ -340,7 +340,7 @@ def test_e1m6_twins_stay_in_their_section_and_machines_are_checked(tmp_path):
     e1 = text[text.index("## E1M6"):text.index("## References")]
     assert "| e1m6 | adamw_rtn | 4 | e1m6 | 0.9100 | 0.9100 | 0.000000 | 0.000000 | yes | Box A" in e1
     assert "| e1m6 | ulp_sr | 4 | e1m6 | 0.9300 | 0.9300 |" in e1 and "| no |" in e1
-    assert "2 of 3 pairs" in e1
+    assert "2 of 3 pairs" in e1 and "manifold_gradient differs by design" not in e1
     upto_e1m6 = text[:text.index("## E1M6")]
     assert "0.9100" not in upto_e1m6 and "0.9300" not in upto_e1m6
     prim = [r[METRIC] for r in (x["metrics"] for x in recs if x["stage"] == "primary"
@@ -350,6 +350,13 @@ def test_e1m6_twins_stay_in_their_section_and_machines_are_checked(tmp_path):
     half = scipy.stats.t.ppf(0.975, 2) * np.std(prim, ddof=1) / np.sqrt(3)
     assert row.split(" | ")[1] == f"{np.mean(prim):.4f} ± {half:.4f} (n=3)"
     assert "run on more than one machine: primary E2M5 seed 2." in text
+    mg = [dict(_rec(f, "manifold_gradient", 1, y, extra={"test/loss": 0.3}), stage="seeds12",
+               environment=env, curve=curve) for f, y in (("E0M7", 0.6), ("E1M6", 0.61))]
+    text = open(report_lib.write_report(_study_dir(tmp_path / "mg", recs + mg),
+                                        plots=False)).read()
+    e1 = text[text.index("## E1M6"):text.index("## Per-tensor")]
+    assert "| seeds12 | manifold_gradient | 1 | seeds12 | 0.6100 | 0.6000 |" in e1
+    assert "2 of 4 pairs" in e1 and "manifold_gradient differs by design" in e1
 
 
 def test_format_tuned_study_answers_with_each_formats_own_factors(tmp_path):

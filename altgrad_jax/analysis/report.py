@@ -41,7 +41,9 @@ CAVEATS = (
     "Exponent bias is irrelevant here: under per-tensor amax scaling the bias is a power of two "
     "the scale absorbs.",
     "E1M6 = E0M7: E1M6 is the E0M7 grid times 4, so under amax scaling both give identical "
-    "quantized tensors (the E1M6 section checks the runs bit for bit).",
+    "quantized tensors (the E1M6 section checks the runs bit for bit). The seeds' "
+    "gradient-mode ManifoldAdamW is the exception: its stiffness reads the unscaled weight's "
+    "binade, so its E1M6 and E0M7 runs differ.",
     "Gradient-mode ManifoldAdamW (`manifold_gradient`, the seeds' algorithm) is AdamW with "
     "epsilon eps/S: Adam's normalisation cancels a per-coordinate scale that is constant in time.",
     "CPU scale (2 layers, d=128, length 128, ~1,000 steps) vs the seeds' full scale (6 layers, "
@@ -504,6 +506,14 @@ def _e1m6(recs) -> list[str]:
     if same:
         lines += ["", f"Bit-identical (every metric but throughput and every logged training "
                       f"loss equal to the last bit): {sum(same)} of {len(same)} pairs."]
+    if any(row[1] == "manifold_gradient" and row[8] == "no" for row in rows):
+        lines += ["", "manifold_gradient differs by design: the seeds' stiffness "
+                      "(`optim.scale_by_stiffness`) is the spacing of the unscaled weight's "
+                      "binade, not of the scaled grid, so on E1M6 it follows |w| "
+                      "(2^(floor(log2|w|) − 6)) while on E0M7 it is the constant 1/128; after "
+                      "Adam that changes the effective epsilon (eps/S) and adds transients at "
+                      "binade edges. The seeds' algorithm thus depends on how a grid is "
+                      "labelled, not only on the grid (every other arm reads the scaled grid)."]
     return lines
 
 
