@@ -18,8 +18,9 @@ whose record says completed is never rerun; a diverged one is a result and is sk
 ``--retry_diverged``; an interrupted one resumes from its checkpoint. The tuning stage's records
 choose each arm's factor, applied to the arm's later cells; a cell whose arm's tuning is still
 pending is skipped ("blocked"). A cell another study (``reuse_from``) has already run with the
-very same program is not trained: that record is copied (`altgrad_jax.analysis.reuse`). Several sweep processes may share one study (one per core): each
-claims a cell with a lock file ``<run_dir>/<name>.lock`` before training it.
+very same program is not trained: that record is copied (`altgrad_jax.analysis.reuse`).
+Several sweep processes may share one study (one per core): each claims a cell with a lock
+file ``<run_dir>/<name>.lock`` before training it.
 
 With ``--config.vmap_seeds=S`` (S > 1) the cells of a non-tuning stage that differ only by seed
 are trained S at a time as one vmapped seed group (`altgrad_jax.train.seeds`: one compile, one

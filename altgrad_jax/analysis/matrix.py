@@ -36,6 +36,7 @@ from typing import Any
 
 import ml_collections
 
+from altgrad_jax.analysis import tuning as tuning_lib
 from altgrad_jax.analysis.overrides import (as_tuple, coerce, jsonable, load_config_file, lookup,
                                             parse_overrides, set_field)
 from altgrad_jax.formats import format_names
@@ -337,8 +338,7 @@ def tuned_value(spec: RunSpec, chosen: Mapping[str, str] | None) -> tuple[str, f
     cells), base x the chosen factor (the cell's format's own choice, else its arm's), else
     base x 1."""
     arm = ARMS[spec.arm]
-    own = (chosen or {}).get(f"{spec.arm}@{spec.format}", (chosen or {}).get(spec.arm))
-    factor = spec.factor or own or "1"
+    factor = spec.factor or tuning_lib.choice_for(chosen or {}, spec.arm, spec.format) or "1"
     return arm.tune_field, arm.tune_base * float(fractions.Fraction(factor)), factor
 
 

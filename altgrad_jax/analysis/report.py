@@ -27,6 +27,7 @@ from altgrad_jax.analysis import plots as plots_lib
 from altgrad_jax.analysis import stats
 from altgrad_jax.analysis.matrix import ARMS, CONTROLS, PRIMARY_ARMS, TREATMENT
 from altgrad_jax.analysis import cost as cost_lib
+from altgrad_jax.analysis import tuning as tuning_lib
 from altgrad_jax.analysis.records import (MECHANISM_KEYS, MECHANISM_TITLES, load_records,
                                           read_json, value)
 
@@ -177,11 +178,17 @@ def analyse_format_tuned(records: Sequence[dict], metric: str = PRIMARY[0]) -> d
             "checks": stats.model_checks(fit)}
 
 
+def _holm_significant(contrasts) -> list[str]:
+    """``"<format> (+)"`` / ``"(−)"`` for each per-format contrast with Holm p < 0.05."""
+    return [f"{f} ({'+' if c.estimate > 0 else '−'})"
+            for f, c in stats.by_format(contrasts).items() if c.p_holm < 0.05]
+
+
 def format_tuned_paragraph(t: dict) -> str:
     """The answer of a format-tuned study: the benefit per format at each arm's own factor."""
     by_f = stats.by_format(t["contrasts"])
     best, bvr = t["best"], t["best_vs_runner_up"]
-    sig = [f"{f} ({'+' if c.estimate > 0 else '−'})" for f, c in by_f.items() if c.p_holm < 0.05]
+    sig = _holm_significant(t["contrasts"])
     verdict = ("distinguishable from" if bvr.excludes_zero and bvr.estimate > 0
                else "not distinguishable from")
     return (f"With each arm tuned on each format itself (its own factor, seed 0 validation), the "
@@ -197,8 +204,9 @@ def _format_tuned(t: dict | None, chosen: dict) -> list[str]:
     """The format-tuned contrast table: per format each arm's own factor and the benefit."""
     if t is None:
         return ["Not enough completed cells for the pooled model yet."]
-    rows = [[f, chosen.get(f"{CONTROLS[0]}@{f}", "—"), chosen.get(f"{TREATMENT}@{f}", "—"),
-             _ci(c), f"{c.p_holm:.3g}"] for f, c in stats.by_format(t["contrasts"]).items()]
+    arms = (CONTROLS[0], TREATMENT)
+    rows = [[f, *(tuning_lib.choice_for(chosen, arm, f) or "—" for arm in arms), _ci(c),
+             f"{c.p_holm:.3g}"] for f, c in stats.by_format(t["contrasts"]).items()]
     mc = t["checks"]
     return _table(["format", f"{CONTROLS[0]} factor", f"{TREATMENT} factor",
                    f"{TREATMENT} − {CONTROLS[0]} [95% CI]", "Holm p"], rows) + [
@@ -258,11 +266,7 @@ def _robust_sentence(a: dict) -> str:
     if not mc.spread_p < 0.05 or not alone:
         return ""
 
-    def significant(cs) -> list[str]:
-        return [f"{f} ({'+' if c.estimate > 0 else '−'})"
-                for f, c in stats.by_format(cs).items() if c.p_holm < 0.05]
-
-    own, pooled = significant(alone), significant(a["contrasts"][CONTROLS[0]])
+    own, pooled = _holm_significant(alone), _holm_significant(a["contrasts"][CONTROLS[0]])
     lost = [f for f in pooled if f not in own]
     best = stats.by_format(alone).get(a["best"])
     return (f" The residual spread differs between formats (Brown–Forsythe p = "
@@ -495,7 +499,7 @@ def _e1m6(recs) -> list[str]:
         la, lb = value(r, "test/loss"), value(twin, "test/loss")
         ma, mb = machine_name(r), machine_name(twin)
         ident = _bit_identical(r, twin)
-        same.append(ident)
+        same.append((r["arm"], ident))
         rows.append([r.get("stage", "?"), r["arm"], r["seed"], twin.get("stage", "?"), _f(a),
                      _f(b), _f(abs(a - b) if None not in (a, b) else None, 6),
                      _f(abs(la - lb) if None not in (la, lb) else None, 6),
@@ -505,8 +509,9 @@ def _e1m6(recs) -> list[str]:
                             "machine (E1M6 / E0M7)"], rows)
     if same:
         lines += ["", f"Bit-identical (every metric but throughput and every logged training "
-                      f"loss equal to the last bit): {sum(same)} of {len(same)} pairs."]
-    if any(row[1] == "manifold_gradient" and row[8] == "no" for row in rows):
+                      f"loss equal to the last bit): {sum(i for _, i in same)} of {len(same)} "
+                      "pairs."]
+    if ("manifold_gradient", False) in same:
         lines += ["", "manifold_gradient differs by design: the seeds' stiffness "
                       "(`optim.scale_by_stiffness`) is the spacing of the unscaled weight's "
                       "binade, not of the scaled grid, so on E1M6 it follows |w| "
@@ -793,14 +798,13 @@ def _answer_sections(st: _Study, title: str) -> list[str]:
 
 def _other_sections(st: _Study) -> list[str]:
     """The seeds' 12 conditions, E1M6, the references, tuning, amendments, cost and caveats."""
-    lines = []
+    lines, chosen = [], (st.plan or {}).get("chosen", {})
     if st.t is not None or any(c.get("stage") == FORMAT_TUNED_STAGE
                                for c in (st.plan or {}).get("cells", [])):
         lines += ["## Each format tuned on its own (stage format_tuned)", "",
                   "Each arm's factor chosen per format from that format's own tuning cells "
                   "(`tuning_scope='format'`); the same pooled model on the two arms.", ""]
-        lines += _format_tuned(st.t, (st.plan or {}).get("chosen", {})) + [""]
-    chosen = (st.plan or {}).get("chosen", {})
+        lines += _format_tuned(st.t, chosen) + [""]
     lines += ["## The seeds' 12 conditions (regime a)", ""]
     if any(a in chosen for a in ("adamw", "manifold_gradient")):
         lines += ["Each arm at its own tuned factor (the Tuning section): "

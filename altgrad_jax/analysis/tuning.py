@@ -93,12 +93,12 @@ def choose_factors(tuning_specs: Sequence, records: dict[str, dict], *,
       metric: the selection metric (a key of the record's ``metrics``).
       scope: ``"arm"`` or ``"format"`` (module docstring).
     """
-    by_arm: dict[str, list] = {}
+    by_key: dict[str, list] = {}
     for s in tuning_specs:
         if s.factor is not None:
-            by_arm.setdefault(choice_key(s.arm, s.format, scope), []).append(s)
+            by_key.setdefault(choice_key(s.arm, s.format, scope), []).append(s)
     out = {}
-    for arm, specs in by_arm.items():
+    for key, specs in by_key.items():
         final = {s.name: records[s.name] for s in specs
                  if records.get(s.name, {}).get("status") in ("completed", "diverged")}
         missing = tuple(s.name for s in specs if s.name not in final)
@@ -108,15 +108,15 @@ def choose_factors(tuning_specs: Sequence, records: dict[str, dict], *,
                 per_factor.setdefault(s.factor, []).append(_score(final[s.name], metric))
         scores = {f: sum(v) / len(v) for f, v in per_factor.items()}
         if missing:
-            out[arm] = Choice(arm, "pending", None, scores, missing)
+            out[key] = Choice(key, "pending", None, scores, missing)
             continue
         finite = {f: v for f, v in scores.items() if math.isfinite(v)}
         if not finite:
-            out[arm] = Choice(arm, "failed", None, scores)
+            out[key] = Choice(key, "failed", None, scores)
             continue
         best = max(finite.items(),
                    key=lambda kv: (kv[1], -abs(math.log(float(fractions.Fraction(kv[0]))))))
-        out[arm] = Choice(arm, "chosen", best[0], scores)
+        out[key] = Choice(key, "chosen", best[0], scores)
     return out
 
 
@@ -143,12 +143,12 @@ def factors_to_add(tuning_specs: Sequence, records: dict[str, dict], *, max_fact
     """``{key: factor}`` to add to the bracket: choices that are made, at an edge of the
     factors tried, with fewer than ``max_factors`` factors tried (module docstring)."""
     out = {}
-    for arm, ch in choose_factors(tuning_specs, records, metric=metric, scope=scope).items():
-        tried = {s.factor for s in tuning_specs if choice_key(s.arm, s.format, scope) == arm}
+    for key, ch in choose_factors(tuning_specs, records, metric=metric, scope=scope).items():
+        tried = {s.factor for s in tuning_specs if choice_key(s.arm, s.format, scope) == key}
         if ch.status == "chosen" and len(tried) < max_factors:
             nxt = next_factor(tried, ch.factor)
             if nxt is not None and nxt not in tried:
-                out[arm] = nxt
+                out[key] = nxt
     return out
 
 
