@@ -14,6 +14,7 @@ import scipy.stats
 
 from altgrad_jax.analysis import matrix as matrix_lib
 from altgrad_jax.analysis import records as records_lib
+from altgrad_jax.analysis import markdown as markdown_lib
 from altgrad_jax.analysis import report as report_lib
 from altgrad_jax.analysis import stats
 
@@ -722,7 +723,7 @@ def test_answer_adds_the_own_variance_reading_only_when_the_spread_differs():
     bvr = a["alone_bvr"]
     assert bvr.estimate == pytest.approx(b.estimate - r.estimate)
     assert bvr.df == pytest.approx((b.se ** 2 + r.se ** 2) ** 2 / (b.se ** 4 / 4 + r.se ** 4 / 4))
-    assert f"best − runner-up {report_lib._ci(bvr)} (Welch–Satterthwaite, {bvr.df:.1f} df)" in text
+    assert f"best − runner-up {markdown_lib.ci(bvr)} (Welch–Satterthwaite, {bvr.df:.1f} df)" in text
 
 
 def test_sections_without_cells_say_so_instead_of_an_empty_table(tmp_path):

@@ -13,7 +13,14 @@ Modules (nothing in ``altgrad_jax.train`` imports this package):
   cost         done / to do and the core-hours of a study.
   study        a study opened from its config (`open_study`), plan.json, the dry-run table.
   plots        PNG plots from records.
-  report       ``write_report(report_dir)``; ``python -m altgrad_jax.analysis.report --study=DIR``.
+  answer       the pre-registered primary analysis (`analyse_primary`), the format-tuned one
+               (`analyse_format_tuned`) and the report's answer paragraph, tables and checks.
+  sections     the report's other sections: mechanism, seeds' 12, E1M6, per-tensor, references,
+               tuning.
+  provenance   cell status, interim seed blocks, cost, machines, amendments, code caveats.
+  markdown     numbers, intervals and tables as the report prints them.
+  report       ``write_report(report_dir)`` assembles them; ``python -m
+               altgrad_jax.analysis.report --study=DIR``.
   matrix_doc   ``TEST_MATRIX.md`` from the registries;
                ``python -m altgrad_jax.analysis.matrix_doc --config=configs/study_cpu.py``.
 
@@ -37,7 +44,7 @@ _EXPORTS = {
     "minimum_detectable_effect": "stats", "format_alone_contrasts": "stats",
     "welch_combination": "stats", "trend_weights": "stats",
     "open_study": "study", "dry_run_lines": "study",
-    "write_report": "report", "analyse_primary": "report", "analyse_format_tuned": "report",
+    "write_report": "report", "analyse_primary": "answer", "analyse_format_tuned": "answer",
     "write_test_matrix": "matrix_doc",
 }
 __all__ = sorted(_EXPORTS)
