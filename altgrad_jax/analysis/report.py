@@ -62,8 +62,9 @@ CAVEATS = (
     "(E0M7, E7M0): a per-format contrast compares the arms at their shared tuned factors, not at "
     "each format's own best. An exploratory probe of E7M0's step sizes, outside this analysis, "
     "is in `reports/probe_e7m0/` (`configs/probe_e7m0.py`); the sensitivity study with every "
-    "format tuned on its own is `configs/study_cpu_format_tuned.py` "
-    "(`reports/study_cpu_format_tuned/`).",
+    "format tuned on its own is configured in `configs/study_cpu_format_tuned.py` (its report, "
+    "once its cells have run: `reports/study_cpu_format_tuned/`): the answer here is the one at "
+    "the shared factors, and that study tests whether it survives per-format tuning.",
     "Machines: the study runs in stretches on more than one kind of 2-core CPU box (the Cost "
     "section names them; the seventh stretch's box trained ~2.7x faster per step than the first "
     "one's). The Cost section's step time mixes them, and XLA's arithmetic may differ in the "
@@ -191,7 +192,10 @@ def _other_sections(st: _Study) -> list[str]:
               f"Metric: {PRIMARY[1]}; the adamw_sr and ulp_sr columns are the primary stage's "
               "cells of the same formats and seeds (paired by seed; t on n − 1 df, no "
               "multiplicity correction). On E0M7 the grid is uniform, so tensor_sr's median "
-              "spacing is every weight's spacing: the same steps as ulp_sr's.", ""]
+              "spacing is every weight's spacing: the same steps as ulp_sr's. The per_tensor "
+              "cells ran stretches after the primary cells they are paired with, possibly on "
+              "another kind of box (Cost section): last-bit differences between machines enter "
+              "these differences as noise, not as an effect of the arm.", ""]
     lines += sections.per_tensor_table(st.test_recs) + [""]
     lines += ["## References (FP32, BF16)", ""] + sections.references_text(st.test_recs) + [""]
     lines += ["## Tuning (seed 0)", ""] + sections.tuning_table(st.recs, st.plan) + [""]
