@@ -402,8 +402,9 @@ def test_per_tensor_section_pairs_the_new_arms_with_the_primary_cells(tmp_path):
     d = [-0.02 * s_ for s_ in (1, 2, 3)]
     half = scipy.stats.t.ppf(0.975, 2) * np.std(d, ddof=1) / np.sqrt(3)
     assert row[5] == "+0.0100 [+0.0100, +0.0100]"
+    p = scipy.stats.ttest_1samp(d, 0.0).pvalue  # the family's only finite p: Holm leaves it
     assert row[6].rstrip(" |") == f"{np.mean(d):+.4f} [{np.mean(d) - half:+.4f}, " \
-        f"{np.mean(d) + half:+.4f}]"
+        f"{np.mean(d) + half:+.4f}] (Holm p {p:.3g})"
     assert len([ln for ln in sec.splitlines() if ln.startswith("| E")]) == 1  # E7M0 only
 
 
@@ -605,6 +606,45 @@ def test_paired_differences_pair_by_seed_and_skip_unpaired_seeds():
     ref = stats.mean_ci([0.70 - 0.68, 0.66 - 0.67])
     assert d.n == 2 and d.mean == pytest.approx(0.005) and (d.lo, d.hi) == pytest.approx(
         (ref.lo, ref.hi))
+
+
+def test_summary_p_is_the_one_sample_t_test_and_holm_p_skips_nan():
+    x = [0.012, -0.003, 0.021, 0.008]
+    assert stats.mean_ci(x).p == pytest.approx(scipy.stats.ttest_1samp(x, 0.0).pvalue, rel=1e-9)
+    assert math.isnan(stats.mean_ci([0.01]).p) and math.isnan(stats.mean_ci([0.02, 0.02]).p)
+    ps = [0.04, float("nan"), 0.01, 0.30]
+    # Holm by hand on the three finite p: sorted 0.01, 0.04, 0.30 times 3, 2, 1, running max.
+    got = stats.holm_p(ps)
+    assert got[0] == pytest.approx(0.08) and got[2] == pytest.approx(0.03)
+    assert got[3] == pytest.approx(0.30) and math.isnan(got[1])
+    assert stats.holm_p([]) == []
+
+
+def test_seeds12_table_has_paired_t_p_and_holm_across_formats(tmp_path):
+    """manifold_gradient − adamw per regime-(a) format: the paired t test's p (scipy's
+    ttest_rel) and Holm across the table's formats (by hand)."""
+    shift = {"E5M2": (0.010, 0.012, 0.011), "E3M4": (0.004, -0.006, 0.003),
+             "BF16": (-0.002, 0.001, 0.0)}
+    recs = []
+    for f, ds in shift.items():
+        for s_, d in zip((1, 2, 3), ds):
+            base = 0.6 + 0.01 * s_
+            recs += [dict(_rec(f, "adamw", s_, base), stage="seeds12"),
+                     dict(_rec(f, "manifold_gradient", s_, base + d), stage="seeds12")]
+    text = open(report_lib.write_report(_study_dir(tmp_path, recs), plots=False)).read()
+    sec = text[text.index("## The seeds"):text.index("## E1M6")]
+    p = {f: scipy.stats.ttest_rel([0.6 + 0.01 * s_ + d for s_, d in zip((1, 2, 3), ds)],
+                                  [0.6 + 0.01 * s_ for s_ in (1, 2, 3)]).pvalue
+         for f, ds in shift.items()}
+    order = sorted(p, key=p.get)
+    holm, run = {}, 0.0
+    for i, f in enumerate(order):
+        run = max(run, min(1.0, (len(p) - i) * p[f]))
+        holm[f] = run
+    for f in shift:
+        row = [ln for ln in sec.splitlines() if ln.startswith(f"| {f} |")][0].split(" | ")
+        assert row[4] == (f"{p[f]:.3g}" if p[f] >= 0.001 else "< 0.001")
+        assert row[5].rstrip(" |") == (f"{holm[f]:.3g}" if holm[f] >= 0.001 else "< 0.001")
 
 
 def test_report_carries_the_model_checks_and_the_power(tmp_path):

@@ -119,7 +119,7 @@ def format_tuned_table(t: dict | None, chosen: dict) -> list[str]:
              f"{c.p_holm:.3g}"] for f, c in stats.by_format(t["contrasts"]).items()]
     mc = t["checks"]
     return md.table(["format", f"{CONTROLS[0]} factor", f"{TREATMENT} factor",
-                   f"{TREATMENT} − {CONTROLS[0]} [95% CI]", "Holm p"], rows) + [
+                     f"{TREATMENT} − {CONTROLS[0]} [95% CI]", "Holm p"], rows) + [
         "", f"Best − runner-up ({t['best']} − {t['runner_up']}): {md.ci(t['best_vs_runner_up'])}. "
             f"Residual spread equal across formats: Brown–Forsythe p = {md.p_value(mc.spread_p)}; "
             f"residuals normal: Shapiro–Wilk p = {md.p_value(mc.normal_p)}."]
@@ -162,10 +162,10 @@ def answer_paragraph(a: dict | None, n_done: int, n_planned: int) -> str:
     gap = (f" On {best} ulp_sr closes G = {g:.2f} of the adamw_rtn-to-FP32 gap (adamw_sr: "
            f"{a['gap'].get((best, CONTROLS[0]), float('nan')):.2f})." if math.isfinite(g) else "")
     count = gap + (f" Formats with a Holm-significant positive benefit: "
-             f"{', '.join(sig) if sig else 'none'} (per format the design detects a true "
-             f"benefit of {a['mde']:.4f} with 80% power at α = 0.05, {a['mde_holm']:.4f} at "
-             f"Holm's strictest α/{len(a['fit'].formats)}). Trend of the benefit per exponent bit: "
-             f"{md.ci(a['trend'])}.")
+                   f"{', '.join(sig) if sig else 'none'} (per format the design detects a true "
+                   f"benefit of {a['mde']:.4f} with 80% power at α = 0.05, {a['mde_holm']:.4f} "
+                   f"at Holm's strictest α/{len(a['fit'].formats)}). Trend of the benefit per "
+                   f"exponent bit: {md.ci(a['trend'])}.")
     return head + verdict + count + _robust_sentence(a) + missing
 
 
@@ -201,8 +201,8 @@ def primary_table(a: dict, recs) -> list[str]:
                      f"{c_rtn[f].p_holm:.3g}", md.number(a["gap"].get((f, "adamw_sr")), 2),
                      md.number(a["gap"].get((f, "ulp_sr")), 2), f"{a['p_winner'][f]:.2f}"])
     return md.table(["format", *PRIMARY_ARMS, "ulp_sr − adamw_sr [95% CI]", "Holm p",
-                   "ulp_sr − adamw_rtn [95% CI]", "Holm p", "G adamw_sr", "G ulp_sr",
-                   "P(winner)"], rows)
+                     "ulp_sr − adamw_rtn [95% CI]", "Holm p", "G adamw_sr", "G ulp_sr",
+                     "P(winner)"], rows)
 
 
 def checks_text(a: dict, recs) -> list[str]:
@@ -225,8 +225,8 @@ def checks_text(a: dict, recs) -> list[str]:
     widest = max(pooled, key=lambda f: pooled[f].hi)
     trend = a["alone_trend"]
     return (md.table(["format", f"{TREATMENT} − {control}, pooled model [95% CI]", "Holm p",
-                    "this format's own model and variance [95% CI]", "Holm p",
-                    "its seeds alone, paired [95% CI]", "residual SD"], rows)
+                      "this format's own model and variance [95% CI]", "Holm p",
+                      "its seeds alone, paired [95% CI]", "residual SD"], rows)
             + ["", f"Residual spread the same in every format (the pooled model assumes it): "
                f"Brown–Forsythe p = {md.p_value(mc.spread_p)}; residuals normal (the t "
                f"intervals assume it): Shapiro–Wilk p = {md.p_value(mc.normal_p)} "

@@ -25,6 +25,11 @@ def ci(c) -> str:
     return f"{c.estimate:+.4f} [{c.lo:+.4f}, {c.hi:+.4f}]"
 
 
+def p_or_dash(p: float) -> str:
+    """`p_value`, or "—" for a p that was not computed (NaN)."""
+    return "—" if not math.isfinite(p) else p_value(p)
+
+
 def paired_ci(d: stats.Summary) -> str:
     """A paired difference's mean and t interval (`stats.paired_differences`); "—" below n = 2."""
     return "—" if d.n < 2 else f"{d.mean:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]"

@@ -186,12 +186,14 @@ def _other_sections(st: _Study) -> list[str]:
                   + "; gradient-mode ManifoldAdamW is AdamW with epsilon eps/S (Caveats), so a "
                     "difference here is the tuned learning rate's and epsilon's, not the "
                     "geometry's.", ""]
+    lines += [f"Metric: {PRIMARY[1]}; difference manifold_gradient − adamw paired by seed (t on "
+              "n − 1 df), Holm across the table's formats.", ""]
     lines += sections.seeds12_table(st.test_recs) + [""]
     lines += ["## E1M6 next to E0M7", ""] + sections.e1m6_table(st.recs) + [""]
     lines += ["## Per-tensor scaling and the grid optimizer (stage per_tensor)", "",
               f"Metric: {PRIMARY[1]}; the adamw_sr and ulp_sr columns are the primary stage's "
-              "cells of the same formats and seeds (paired by seed; t on n − 1 df, no "
-              "multiplicity correction). On E0M7 the grid is uniform, so tensor_sr's median "
+              "cells of the same formats and seeds (paired by seed; t on n − 1 df, Holm across "
+              "the table's differences). On E0M7 the grid is uniform, so tensor_sr's median "
               "spacing is every weight's spacing: the same steps as ulp_sr's. The per_tensor "
               "cells ran stretches after the primary cells they are paired with, possibly on "
               "another kind of box (Cost section): last-bit differences between machines enter "

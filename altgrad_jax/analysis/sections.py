@@ -5,6 +5,7 @@ optimizer, the references (FP32, BF16) and the tuning table. Each returns markdo
 from __future__ import annotations
 
 import fractions
+import math
 
 from altgrad_jax.analysis import markdown as md
 from altgrad_jax.analysis import provenance
@@ -31,7 +32,7 @@ def mechanism_table(recs, formats, a: dict | None) -> list[str]:
         for arm in ARMS:
             if any(r["format"] == f and r["arm"] == arm for r in recs):
                 rows.append([f, arm, *(md.mean_cell(recs, f, arm, _mech_key(k),
-                                                  MECHANISM_DIGITS.get(k, 4))
+                                                    MECHANISM_DIGITS.get(k, 4))
                                        for k in MECHANISM_KEYS),
                              benefit.get(f, "—") if arm == TREATMENT else ""])
     return md.table(["format", "arm", *MECHANISM_KEYS, "benefit ulp_sr − adamw_sr"], rows)
@@ -80,38 +81,42 @@ def _strongest(found: dict) -> list[str]:
 
 
 def seeds12_table(recs) -> list[str]:
+    """adamw and manifold_gradient per regime-(a) format, their paired difference with the
+    paired t test's p, Holm-adjusted across the table's formats."""
     fm = md.format_order(r["format"] for r in recs if ARMS[r["arm"]].regime == "a"
                          and r["format"] != "none" and r["arm"] in ("adamw", "manifold_gradient"))
-    rows = []
-    for f in fm:
-        d = stats.paired_differences(recs, f, "manifold_gradient", "adamw", PRIMARY[0])
-        rows.append([f, md.mean_cell(recs, f, "adamw", PRIMARY[0]),
-                     md.mean_cell(recs, f, "manifold_gradient", PRIMARY[0]),
-                     md.paired_ci(d)])
+    diffs = [stats.paired_differences(recs, f, "manifold_gradient", "adamw", PRIMARY[0])
+             for f in fm]
+    rows = [[f, md.mean_cell(recs, f, "adamw", PRIMARY[0]),
+             md.mean_cell(recs, f, "manifold_gradient", PRIMARY[0]), md.paired_ci(d),
+             md.p_or_dash(d.p), md.p_or_dash(h)]
+            for f, d, h in zip(fm, diffs, stats.holm_p([d.p for d in diffs]))]
     return md.table_or_none(["format", "adamw", "manifold_gradient",
-                           "difference (paired) [95% CI]"], rows)
+                             "difference (paired) [95% CI]", "p (paired t)", "Holm p"], rows)
 
 
 PER_TENSOR_ARMS = ("tensor_sr", "grid")  # the per_tensor stage's arms
+PER_TENSOR_CONTRASTS = (("tensor_sr", TREATMENT), ("grid", CONTROLS[0]))
 
 
 def per_tensor_table(recs) -> list[str]:
     """tensor_sr (the ULP step at the tensor's median spacing) and grid (the grid optimizer)
     beside the primary arms on the same formats and seeds, with paired differences: per-tensor
     vs per-element ULP scaling (tensor_sr − ulp_sr) and the grid optimizer vs unbiased rounding
-    (grid − adamw_sr)."""
+    (grid − adamw_sr), each with its paired t test's p Holm-adjusted across every difference
+    of the table."""
     fm = md.format_order(r["format"] for r in recs if r["arm"] in PER_TENSOR_ARMS)
-    rows = []
-    for f in fm:
-        rows.append([f, *(md.mean_cell(recs, f, a, PRIMARY[0])
-                          for a in ("adamw_sr", "ulp_sr") + PER_TENSOR_ARMS),
-                     md.paired_ci(stats.paired_differences(recs, f, "tensor_sr", TREATMENT,
-                                                         PRIMARY[0])),
-                     md.paired_ci(stats.paired_differences(recs, f, "grid", CONTROLS[0],
-                                                         PRIMARY[0]))])
+    diffs = [stats.paired_differences(recs, f, t, c, PRIMARY[0])
+             for f in fm for t, c in PER_TENSOR_CONTRASTS]
+    adj = iter(stats.holm_p([d.p for d in diffs]))
+    cells = iter(md.paired_ci(d) + (f" (Holm p {md.p_value(h)})" if math.isfinite(h) else "")
+                 for d, h in zip(diffs, adj))
+    rows = [[f, *(md.mean_cell(recs, f, a, PRIMARY[0])
+                  for a in ("adamw_sr", "ulp_sr") + PER_TENSOR_ARMS),
+             *(next(cells) for _ in PER_TENSOR_CONTRASTS)] for f in fm]
     return md.table_or_none(["format", "adamw_sr", "ulp_sr", "tensor_sr", "grid",
-                           "tensor_sr − ulp_sr (paired) [95% CI]",
-                           "grid − adamw_sr (paired) [95% CI]"], rows)
+                             "tensor_sr − ulp_sr (paired) [95% CI]",
+                             "grid − adamw_sr (paired) [95% CI]"], rows)
 
 
 def _e1m6_twin(r: dict, recs) -> dict | None:
@@ -151,8 +156,8 @@ def e1m6_table(recs) -> list[str]:
                      md.number(abs(la - lb) if None not in (la, lb) else None, 6),
                      "yes" if ident else "no", ma if ma == mb else f"{ma} / {mb}"])
     lines = md.table_or_none(["stage", "arm", "seed", "E0M7 twin's stage", "E1M6", "E0M7",
-                            "|Δ macro-F1|", "|Δ test loss|", "bit-identical",
-                            "machine (E1M6 / E0M7)"], rows)
+                              "|Δ macro-F1|", "|Δ test loss|", "bit-identical",
+                              "machine (E1M6 / E0M7)"], rows)
     if same:
         lines += ["", f"Bit-identical (every metric but throughput and every logged training "
                       f"loss equal to the last bit): {sum(i for _, i in same)} of {len(same)} "
@@ -180,7 +185,7 @@ def tuning_table(recs, plan) -> list[str]:
                      md.number(value(r, _mech_key("rank/effective_mean")), 1)])
     chosen = (plan or {}).get("chosen", {})
     lines = md.table(["arm", "format", "factor", "field", "value", "val macro-F1 (tuned thr.)",
-                    "kernel weights moved (tail)", "effective rank (last)"], rows)
+                      "kernel weights moved (tail)", "effective rank (last)"], rows)
     lines += ["", "Chosen factors: " + (", ".join(f"{k} x{v}" for k, v in chosen.items())
                                         or "none yet") + "."]
     edges = _bracket_edges(recs, chosen)

@@ -63,6 +63,16 @@ class Summary:
     def half_width(self) -> float:
         return (self.hi - self.lo) / 2.0
 
+    @property
+    def p(self) -> float:
+        """Two-sided p of the one-sample t test of mean 0: ``t = mean / (std / sqrt(n))`` on
+        ``n - 1`` df (for a `paired_differences` summary: the paired t test). NaN below n = 2
+        or with no spread."""
+        if self.n < 2 or not self.std > 0:
+            return float("nan")
+        t = self.mean / (self.std / math.sqrt(self.n))
+        return float(2.0 * scipy.stats.t.sf(abs(t), self.n - 1))
+
 
 def mean_ci(values: Iterable[float], confidence: float = 0.95) -> Summary:
     """Mean and the t interval ``mean +- t_{(1+c)/2, n-1} s / sqrt(n)`` (scipy.stats.t).
@@ -196,12 +206,22 @@ def fit_pooled(df: pd.DataFrame, arms: Sequence[str], *, formats: Sequence[str] 
                      frame=sub.loc[X.index].reset_index(drop=True))
 
 
+def holm_p(ps: Sequence[float], alpha: float = 0.05) -> list[float]:
+    """Holm step-down adjusted p-values of the family ``ps`` (statsmodels' ``multipletests``);
+    a NaN p stays NaN and is not counted in the family."""
+    idx = [i for i, p in enumerate(ps) if math.isfinite(p)]
+    out = [float("nan")] * len(ps)
+    if idx:
+        _, adj, _, _ = multipletests([ps[i] for i in idx], alpha=alpha, method="holm")
+        for i, a in zip(idx, adj):
+            out[i] = float(a)
+    return out
+
+
 def holm(contrasts: Sequence[Contrast], alpha: float = 0.05) -> list[Contrast]:
-    """The contrasts with ``p_holm`` set (Holm step-down across the family)."""
-    if not contrasts:
-        return []
-    _, adj, _, _ = multipletests([c.p for c in contrasts], alpha=alpha, method="holm")
-    return [dataclasses.replace(c, p_holm=float(a)) for c, a in zip(contrasts, adj)]
+    """The contrasts with ``p_holm`` set (Holm step-down across the family, `holm_p`)."""
+    adj = holm_p([c.p for c in contrasts], alpha)
+    return [dataclasses.replace(c, p_holm=a) for c, a in zip(contrasts, adj)]
 
 
 def format_contrasts(fit: PooledFit, treatment: str, control: str) -> list[Contrast]:
