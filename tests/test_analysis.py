@@ -406,6 +406,13 @@ def test_per_tensor_section_pairs_the_new_arms_with_the_primary_cells(tmp_path):
     assert row[6].rstrip(" |") == f"{np.mean(d):+.4f} [{np.mean(d) - half:+.4f}, " \
         f"{np.mean(d) + half:+.4f}] (Holm p {p:.3g})"
     assert len([ln for ln in sec.splitlines() if ln.startswith("| E")]) == 1  # E7M0 only
+    assert "tuned factor, so its E0M7" in sec  # no plan: no factors to name
+    d = _study_dir(tmp_path / "planned", recs, plan_cells=[])
+    plan = json.load(open(os.path.join(d, "plan.json")))
+    plan["chosen"] = {"tensor_sr": "1/3", "ulp_sr": "1"}
+    json.dump(plan, open(os.path.join(d, "plan.json"), "w"))
+    text = open(report_lib.write_report(d, plots=False)).read()
+    assert "its own tuned factor (x1/3 vs x1), so its E0M7 difference is the step size's" in text
 
 
 def test_report_from_records_alone(tmp_path):

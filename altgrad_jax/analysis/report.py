@@ -194,9 +194,11 @@ def _other_sections(st: _Study) -> list[str]:
               f"Metric: {PRIMARY[1]}; the adamw_sr and ulp_sr columns are the primary stage's "
               "cells of the same formats and seeds (paired by seed; t on n − 1 df, Holm across "
               "the table's differences). On E0M7 the grid is uniform, so tensor_sr's median "
-              "spacing is every weight's spacing: the same steps as ulp_sr's. The per_tensor "
-              "cells ran stretches after the primary cells they are paired with, possibly on "
-              "another kind of box (Cost section): last-bit differences between machines enter "
+              "spacing is every weight's spacing: there tensor_sr is ulp_sr at its own tuned "
+              "factor" + _factors_note(chosen, ("tensor_sr", "ulp_sr")) + ", so its E0M7 "
+              "difference is the step size's, not the scaling's. The per_tensor cells ran "
+              "stretches after the primary cells they are paired with, possibly on another kind "
+              "of box (Cost section): last-bit differences between machines enter "
               "these differences as noise, not as an effect of the arm.", ""]
     lines += sections.per_tensor_table(st.test_recs) + [""]
     lines += ["## References (FP32, BF16)", ""] + sections.references_text(st.test_recs) + [""]
@@ -207,6 +209,13 @@ def _other_sections(st: _Study) -> list[str]:
     lines += [""] + provenance.machines_summary(st.recs) + [""]
     caveats = CAVEATS + provenance.code_caveats(st.recs)
     return lines + ["## Caveats", ""] + [f"- {c}" for c in caveats] + [""]
+
+
+def _factors_note(chosen: dict, arms) -> str:
+    """`` (x1/3 vs x1)``: the arms' chosen factors, when every one of them has one."""
+    if not all(a in chosen for a in arms):
+        return ""
+    return " (" + " vs ".join(f"x{chosen[a]}" for a in arms) + ")"
 
 
 def _formats(st: _Study) -> list[str]:
