@@ -407,6 +407,8 @@ def test_per_tensor_section_pairs_the_new_arms_with_the_primary_cells(tmp_path):
         f"{np.mean(d) + half:+.4f}] (Holm p {p:.3g})"
     assert len([ln for ln in sec.splitlines() if ln.startswith("| E")]) == 1  # E7M0 only
     assert "tuned factor, so its E0M7" in sec  # no plan: no factors to name
+    mech = text[text.index("## Mechanism"):text.index("## The seeds")]
+    assert "The grid rows compare with the others on flips only" in mech
     d = _study_dir(tmp_path / "planned", recs, plan_cells=[])
     plan = json.load(open(os.path.join(d, "plan.json")))
     plan["chosen"] = {"tensor_sr": "1/3", "ulp_sr": "1"}
@@ -640,6 +642,7 @@ def test_seeds12_table_has_paired_t_p_and_holm_across_formats(tmp_path):
                      dict(_rec(f, "manifold_gradient", s_, base + d), stage="seeds12")]
     text = open(report_lib.write_report(_study_dir(tmp_path, recs), plots=False)).read()
     sec = text[text.index("## The seeds"):text.index("## E1M6")]
+    assert "The grid rows compare" not in text  # no grid record, no note on grid rows
     p = {f: scipy.stats.ttest_rel([0.6 + 0.01 * s_ + d for s_, d in zip((1, 2, 3), ds)],
                                   [0.6 + 0.01 * s_ for s_ in (1, 2, 3)]).pvalue
          for f, ds in shift.items()}

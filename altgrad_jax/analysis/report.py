@@ -76,6 +76,14 @@ CAVEATS = (
     "not as an effect of an arm.",
 )
 
+GRID_MECHANISM_NOTE = (
+    " The grid rows compare with the others on flips only: the grid optimizer moves weights by "
+    "whole rungs with no snap link, so the update the diagnostics read (for every arm the "
+    "intended one, before any snap) is already on the grid. Its updates are the coordinates "
+    "that moved (= its flips), so its below-half-step fraction and stall ratio are 0 by "
+    "construction and its grid steps per update are grid steps per moved coordinate (at "
+    "least 1; a diagnostics step where none moved counts 0).")
+
 
 @dataclasses.dataclass
 class _Study:
@@ -163,7 +171,8 @@ def _answer_sections(st: _Study, title: str) -> list[str]:
     mech_recs = st.fit_recs if a else st.test_recs  # beside the benefit: the records of its fit
     lines += ["## Mechanism (tail mean over the last 20% of diagnostics steps; rank: last)", "",
               "Fraction of updates below half a grid step, mean |grid steps| moved per updated "
-              "coordinate, stall ratio, flips and updates per diagnostics step, effective rank.",
+              "coordinate, stall ratio, flips and updates per diagnostics step, effective rank."
+              + (GRID_MECHANISM_NOTE if any(r["arm"] == "grid" for r in mech_recs) else ""),
               ""] + sections.mechanism_table(mech_recs, _formats(st), a) + [""]
     lines += sections.mechanism_link(mech_recs, a)
     return lines
