@@ -188,28 +188,10 @@ def _other_sections(st: _Study) -> list[str]:
                   "(`tuning_scope='format'`); the same pooled model on the two arms.", ""]
         lines += answer.format_tuned_table(st.t, chosen) + [""]
     lines += ["## The seeds' 12 conditions (regime a)", ""]
-    if any(a in chosen for a in ("adamw", "manifold_gradient")):
-        lines += ["Each arm at its own tuned factor (the Tuning section): "
-                  + ", ".join(f"{a} x{chosen[a]}" for a in ("adamw", "manifold_gradient")
-                              if a in chosen)
-                  + "; gradient-mode ManifoldAdamW is AdamW with epsilon eps/S (Caveats), so a "
-                    "difference here is the tuned learning rate's and epsilon's, not the "
-                    "geometry's.", ""]
-    lines += [f"Metric: {PRIMARY[1]}; difference manifold_gradient − adamw paired by seed (t on "
-              "n − 1 df), Holm across the table's formats.", ""]
-    lines += sections.seeds12_table(st.test_recs) + [""]
+    lines += sections.seeds12_section(st.test_recs, chosen) + [""]
     lines += ["## E1M6 next to E0M7", ""] + sections.e1m6_table(st.recs) + [""]
-    lines += ["## Per-tensor scaling and the grid optimizer (stage per_tensor)", "",
-              f"Metric: {PRIMARY[1]}; the adamw_sr and ulp_sr columns are the primary stage's "
-              "cells of the same formats and seeds (paired by seed; t on n − 1 df, Holm across "
-              "the table's differences). On E0M7 the grid is uniform, so tensor_sr's median "
-              "spacing is every weight's spacing: there tensor_sr is ulp_sr at its own tuned "
-              "factor" + _factors_note(chosen, ("tensor_sr", "ulp_sr")) + ", so its E0M7 "
-              "difference is the step size's, not the scaling's. The per_tensor cells ran "
-              "stretches after the primary cells they are paired with, possibly on another kind "
-              "of box (Cost section): last-bit differences between machines enter "
-              "these differences as noise, not as an effect of the arm.", ""]
-    lines += sections.per_tensor_table(st.test_recs) + [""]
+    lines += ["## Per-tensor scaling and the grid optimizer (stage per_tensor)", ""]
+    lines += sections.per_tensor_section(st.test_recs, chosen) + [""]
     lines += ["## References (FP32, BF16)", ""] + sections.references_text(st.test_recs) + [""]
     lines += ["## Tuning (seed 0)", ""] + sections.tuning_table(st.recs, st.plan) + [""]
     lines += provenance.amendments_section(st.plan)
@@ -218,13 +200,6 @@ def _other_sections(st: _Study) -> list[str]:
     lines += [""] + provenance.machines_summary(st.recs) + [""]
     caveats = CAVEATS + provenance.code_caveats(st.recs)
     return lines + ["## Caveats", ""] + [f"- {c}" for c in caveats] + [""]
-
-
-def _factors_note(chosen: dict, arms) -> str:
-    """`` (x1/3 vs x1)``: the arms' chosen factors, when every one of them has one."""
-    if not all(a in chosen for a in arms):
-        return ""
-    return " (" + " vs ".join(f"x{chosen[a]}" for a in arms) + ")"
 
 
 def _formats(st: _Study) -> list[str]:

@@ -80,43 +80,67 @@ def _strongest(found: dict) -> list[str]:
             f"{len(found)} figures ranked).", ""]
 
 
-def seeds12_table(recs) -> list[str]:
-    """adamw and manifold_gradient per regime-(a) format, their paired difference with the
-    paired t test's p, Holm-adjusted across the table's formats."""
+def seeds12_section(recs, chosen: dict) -> list[str]:
+    """adamw and manifold_gradient per regime-(a) format (each at its own factor in ``chosen``,
+    the plan's choices), their paired difference with the paired t test's p, Holm-adjusted
+    across the table's formats."""
+    arms = ("adamw", "manifold_gradient")
+    lines = []
+    if any(a in chosen for a in arms):
+        lines += ["Each arm at its own tuned factor (the Tuning section): "
+                  + ", ".join(f"{a} x{chosen[a]}" for a in arms if a in chosen)
+                  + "; gradient-mode ManifoldAdamW is AdamW with epsilon eps/S (Caveats), so a "
+                    "difference here is the tuned learning rate's and epsilon's, not the "
+                    "geometry's.", ""]
+    lines += [f"Metric: {PRIMARY[1]}; difference manifold_gradient − adamw paired by seed (t on "
+              "n − 1 df), Holm across the table's formats.", ""]
     fm = md.format_order(r["format"] for r in recs if ARMS[r["arm"]].regime == "a"
-                         and r["format"] != "none" and r["arm"] in ("adamw", "manifold_gradient"))
+                         and r["format"] != "none" and r["arm"] in arms)
     diffs = [stats.paired_differences(recs, f, "manifold_gradient", "adamw", PRIMARY[0])
              for f in fm]
     rows = [[f, md.mean_cell(recs, f, "adamw", PRIMARY[0]),
              md.mean_cell(recs, f, "manifold_gradient", PRIMARY[0]), md.paired_ci(d),
              md.p_or_dash(d.p), md.p_or_dash(h)]
             for f, d, h in zip(fm, diffs, stats.holm_p([d.p for d in diffs]))]
-    return md.table_or_none(["format", "adamw", "manifold_gradient",
-                             "difference (paired) [95% CI]", "p (paired t)", "Holm p"], rows)
+    return lines + md.table_or_none(["format", "adamw", "manifold_gradient",
+                                     "difference (paired) [95% CI]", "p (paired t)", "Holm p"],
+                                    rows)
 
 
 PER_TENSOR_ARMS = ("tensor_sr", "grid")  # the per_tensor stage's arms
 PER_TENSOR_CONTRASTS = (("tensor_sr", TREATMENT), ("grid", CONTROLS[0]))
 
 
-def per_tensor_table(recs) -> list[str]:
+def per_tensor_section(recs, chosen: dict) -> list[str]:
     """tensor_sr (the ULP step at the tensor's median spacing) and grid (the grid optimizer)
     beside the primary arms on the same formats and seeds, with paired differences: per-tensor
     vs per-element ULP scaling (tensor_sr − ulp_sr) and the grid optimizer vs unbiased rounding
     (grid − adamw_sr), each with its paired t test's p Holm-adjusted across every difference
-    of the table."""
+    of the table. ``chosen``: the plan's factors, named where tensor_sr and ulp_sr differ by
+    design only in the step."""
+    factors = ("tensor_sr", "ulp_sr")
+    note = (" (" + " vs ".join(f"x{chosen[a]}" for a in factors) + ")"
+            if all(a in chosen for a in factors) else "")
+    lines = [f"Metric: {PRIMARY[1]}; the adamw_sr and ulp_sr columns are the primary stage's "
+             "cells of the same formats and seeds (paired by seed; t on n − 1 df, Holm across "
+             "the table's differences). On E0M7 the grid is uniform, so tensor_sr's median "
+             "spacing is every weight's spacing: there tensor_sr is ulp_sr at its own tuned "
+             f"factor{note}, so its E0M7 difference is the step size's, not the scaling's. The "
+             "per_tensor cells ran stretches after the primary cells they are paired with, "
+             "possibly on another kind of box (Cost section): last-bit differences between "
+             "machines enter these differences as noise, not as an effect of the arm.", ""]
     fm = md.format_order(r["format"] for r in recs if r["arm"] in PER_TENSOR_ARMS)
     diffs = [stats.paired_differences(recs, f, t, c, PRIMARY[0])
              for f in fm for t, c in PER_TENSOR_CONTRASTS]
-    adj = iter(stats.holm_p([d.p for d in diffs]))
-    cells = iter(md.paired_ci(d) + (f" (Holm p {md.p_value(h)})" if math.isfinite(h) else "")
-                 for d, h in zip(diffs, adj))
+    cells = [md.paired_ci(d) + (f" (Holm p {md.p_value(h)})" if math.isfinite(h) else "")
+             for d, h in zip(diffs, stats.holm_p([d.p for d in diffs]))]
+    k = len(PER_TENSOR_CONTRASTS)  # cells[i * k:(i + 1) * k] are format i's differences
     rows = [[f, *(md.mean_cell(recs, f, a, PRIMARY[0])
                   for a in ("adamw_sr", "ulp_sr") + PER_TENSOR_ARMS),
-             *(next(cells) for _ in PER_TENSOR_CONTRASTS)] for f in fm]
-    return md.table_or_none(["format", "adamw_sr", "ulp_sr", "tensor_sr", "grid",
-                             "tensor_sr − ulp_sr (paired) [95% CI]",
-                             "grid − adamw_sr (paired) [95% CI]"], rows)
+             *cells[i * k:(i + 1) * k]] for i, f in enumerate(fm)]
+    return lines + md.table_or_none(["format", "adamw_sr", "ulp_sr", "tensor_sr", "grid",
+                                     "tensor_sr − ulp_sr (paired) [95% CI]",
+                                     "grid − adamw_sr (paired) [95% CI]"], rows)
 
 
 def _e1m6_twin(r: dict, recs) -> dict | None:
